@@ -1,0 +1,1 @@
+"""Alembic migrations for the loyalflow schema (applied by ``loyalflow db upgrade``)."""
