@@ -67,6 +67,17 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+def expire_cached(session: Session, model: type, ids: set[int]) -> None:
+    """Expire loaded ``model`` objects whose rows a bulk statement just changed.
+
+    Set-based updates bypass the ORM's identity map; without this a caller holding one of
+    those objects would go on reading stale values.
+    """
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, model) and getattr(obj, "id", None) in ids:
+            session.expire(obj)
+
+
 def alembic_config(engine: Engine) -> Config:
     """An Alembic configuration bound to ``engine`` (no alembic.ini needed)."""
     config = Config()

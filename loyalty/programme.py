@@ -74,8 +74,11 @@ class TierRules(_Strict):
         return self.tiers[0].code
 
     def rank(self, code: str) -> int:
-        """Position of tier ``code``, lowest first."""
-        return next(i for i, tier in enumerate(self.tiers) if tier.code == code)
+        """Position of tier ``code``, lowest first; KeyError for a tier not configured."""
+        for position, tier in enumerate(self.tiers):
+            if tier.code == code:
+                return position
+        raise KeyError(f"unknown tier {code!r}")
 
 
 class OfferSpec(_Strict):

@@ -1,0 +1,38 @@
+# loyalflow — two commands on a fresh machine: `make demo` and `make test`.
+# Everything installs into .venv; nothing is installed outside the project but Python itself.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_MEMBERS ?= 20000
+export PREFECT_HOME ?= $(CURDIR)/var/prefect
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing loyalflow and its dependencies into $(VENV) (first time: a few minutes)..."
+	@# (grep hides pip's notes about local mirrors this machine's pip config lists but lacks)
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v "is ignored" || true; }
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/loyalflow demo --members $(DEMO_MEMBERS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy loyalty flows recommenders channels bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/import_members.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,260 @@
+"""The ``loyalflow`` command line (Typer + Rich).
+
+Settings and the programme are built once per invocation in the app callback and passed
+to the commands through the Typer context. Heavy modules (Prefect, the seeder) are imported
+inside the commands that need them so ``loyalflow --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy.engine import Engine
+
+from loyalty.db import create_db_engine, current_revision, session_scope, upgrade
+from loyalty.programme import ConfigError, Programme, load_programme, sync_catalogue
+from loyalty.settings import Settings, load_settings
+from loyalty.types import as_utc
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(help="loyalflow: run the customer-facing side of a loyalty programme.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+import_app = typer.Typer(help="Load members or transactions from CSV files.", no_args_is_help=True)
+members_app = typer.Typer(help="Look up members.", no_args_is_help=True)
+points_app = typer.Typer(help="Points ledger maintenance.", no_args_is_help=True)
+tiers_app = typer.Typer(help="Tier evaluation.", no_args_is_help=True)
+for sub, name in ((db_app, "db"), (import_app, "import"), (members_app, "members"),
+                  (points_app, "points"), (tiers_app, "tiers")):
+    app.add_typer(sub, name=name)
+
+
+@dataclass
+class AppContext:
+    """Built once per invocation; commands reach it through ``ctx.obj``."""
+
+    settings: Settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return create_db_engine(self.settings.database_url)
+
+    @cached_property
+    def programme(self) -> Programme:
+        return load_programme(self.settings.config_dir)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error in red and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main_callback(ctx: typer.Context) -> None:
+    """Load settings (environment, .env, config/loyalflow.toml)."""
+    try:
+        ctx.obj = AppContext(load_settings())
+    except Exception as exc:  # pydantic's ValidationError lists every bad setting
+        fail(f"invalid settings: {exc}", 2)
+
+
+def _ctx(ctx: typer.Context) -> AppContext:
+    obj = ctx.obj
+    assert isinstance(obj, AppContext)
+    return obj
+
+
+def _programme(app_ctx: AppContext) -> Programme:
+    try:
+        return app_ctx.programme
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
+    """Apply schema migrations and sync tiers and offers from config/."""
+    app_ctx = _ctx(ctx)
+    programme = _programme(app_ctx)
+    upgrade(app_ctx.engine, revision)
+    with session_scope(app_ctx.engine) as session:
+        sync_catalogue(session, programme)
+    console.print(f"database at revision [bold]{current_revision(app_ctx.engine)}[/]; "
+                  f"{len(programme.tiers.tiers)} tiers and {len(programme.offers)} offers synced")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Show the schema revision the database is at."""
+    console.print(current_revision(_ctx(ctx).engine) or "empty (run `loyalflow db upgrade`)")
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar; yields a callback that advances it by n."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task_id = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task_id, n)
+
+
+@app.command()
+def seed(
+    ctx: typer.Context,
+    members: Annotated[int, typer.Option(min=1, help="How many members to create.")] = 20_000,
+    seed_value: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same programme.")] = 42,
+) -> None:
+    """Create a realistic synthetic programme (members, purchases, ledger, a past campaign)."""
+    from loyalty.seed import SeedError, seed_programme
+
+    app_ctx = _ctx(ctx)
+    programme = _programme(app_ctx)
+    upgrade(app_ctx.engine)
+    with session_scope(app_ctx.engine) as session:
+        sync_catalogue(session, programme)
+    try:
+        report = run_seed(app_ctx, programme, members, seed_value, seed_programme)
+    except SeedError as exc:
+        fail(str(exc))
+    from loyalty.cli_show import print_seed_report
+
+    print_seed_report(console, report)
+
+
+def run_seed(app_ctx: AppContext, programme: Programme, members: int, seed_value: int,
+             seed_programme: Callable[..., object]) -> object:
+    """Run the seeder with one progress bar per stage."""
+    columns = (SpinnerColumn(), TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        return seed_programme(app_ctx.engine, programme, members=members, seed=seed_value,
+                              truth_dir=app_ctx.settings.var_dir / "seed", progress=on_progress)
+
+
+@import_app.command("members")
+def import_members_command(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file with a header row.")],
+    rejects: Annotated[Path | None, typer.Option(help="Where to write rejected rows.")] = None,
+) -> None:
+    """Import or update members from a CSV file (idempotent on external_id)."""
+    from loyalty.importing import ImportFileError, import_members
+
+    app_ctx = _ctx(ctx)
+    programme = _programme(app_ctx)
+    try:
+        with progress_bar(f"members from {source.name}") as advance:
+            report = import_members(app_ctx.engine, source, entry_tier=programme.tiers.entry_tier,
+                                    rejects_path=rejects, chunk_size=app_ctx.settings.chunk_size,
+                                    progress=advance)
+    except ImportFileError as exc:
+        fail(str(exc))
+    from loyalty.cli_show import print_import_report
+
+    print_import_report(console, report)
+
+
+@import_app.command("transactions")
+def import_transactions_command(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file with a header row.")],
+    rejects: Annotated[Path | None, typer.Option(help="Where to write rejected rows.")] = None,
+) -> None:
+    """Import purchases: credits points and records tier upgrades (idempotent on external_id)."""
+    from loyalty.importing import ImportFileError, import_transactions
+
+    app_ctx = _ctx(ctx)
+    programme = _programme(app_ctx)
+    try:
+        with progress_bar(f"transactions from {source.name}") as advance:
+            report = import_transactions(app_ctx.engine, source, programme=programme, rejects_path=rejects,
+                                         chunk_size=app_ctx.settings.chunk_size, progress=advance)
+    except ImportFileError as exc:
+        fail(str(exc))
+    from loyalty.cli_show import print_import_report
+
+    print_import_report(console, report)
+
+
+@members_app.command("show")
+def members_show(ctx: typer.Context, reference: Annotated[str, typer.Argument(help="External id or id.")],
+                 limit: int = 20) -> None:
+    """Show a member: profile, ledger, consent, messages, purchases and tier moves."""
+    from loyalty.cli_show import print_profile
+    from loyalty.members import MemberNotFound, member_profile
+
+    app_ctx = _ctx(ctx)
+    with session_scope(app_ctx.engine) as session:
+        try:
+            profile = member_profile(session, reference, limit=limit)
+        except MemberNotFound as exc:
+            fail(str(exc))
+        print_profile(console, profile)
+
+
+AsOf = Annotated[datetime | None, typer.Option(help="Evaluate as of this UTC time (default: now).")]
+
+
+def _as_of(value: datetime | None) -> datetime | None:
+    # Typer parses naive datetimes; the command line speaks UTC.
+    return None if value is None else as_utc(value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+@points_app.command("expire")
+def points_expire(ctx: typer.Context, as_of: AsOf = None) -> None:
+    """Expire points older than the programme's validity, for every member."""
+    from loyalty.expiry import expire_points
+
+    app_ctx = _ctx(ctx)
+    with session_scope(app_ctx.engine) as session:
+        result = expire_points(session, _programme(app_ctx), as_of=_as_of(as_of))
+    console.print(f"expired [bold]{result.points:,}[/] points from {result.members:,} members")
+
+
+@tiers_app.command("evaluate")
+def tiers_evaluate(ctx: typer.Context, as_of: AsOf = None) -> None:
+    """Re-evaluate every member's tier and record the moves."""
+    from loyalty.tiers import evaluate_tiers
+
+    app_ctx = _ctx(ctx)
+    with session_scope(app_ctx.engine) as session:
+        changes = evaluate_tiers(session, _programme(app_ctx), as_of=_as_of(as_of))
+    ups = sum(change.direction == "up" for change in changes)
+    console.print(f"{ups:,} upgrades and {len(changes) - ups:,} downgrades recorded")
+
+
+@app.command()
+def demo(ctx: typer.Context,
+         members: Annotated[int, typer.Option(min=100, help="Members to seed if the database is empty.")] = 20_000
+         ) -> None:
+    """Set everything up on the embedded defaults and run the main job end to end."""
+    from loyalty.demo import run_demo
+
+    app_ctx = _ctx(ctx)
+    os.environ.setdefault("PREFECT_HOME", str((app_ctx.settings.var_dir / "prefect").resolve()))
+    run_demo(app_ctx, _programme(app_ctx), members=members, console=console)
+
+
+def main() -> None:
+    """Entry point of the ``loyalflow`` script."""
+    app()

@@ -1,0 +1,70 @@
+"""Reading a member's whole story: profile, ledger, consent, messages, purchases, tier moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from loyalty.models import (
+    ChannelConsent,
+    Member,
+    OutboxMessage,
+    PointsEntry,
+    PushSubscription,
+    TierChange,
+    Transaction,
+)
+
+
+class MemberNotFound(LookupError):
+    """No member matches the reference given."""
+
+
+@dataclass
+class MemberProfile:
+    """Everything ``loyalflow members show`` prints, newest first where it is a history."""
+
+    member: Member
+    ledger: list[PointsEntry]
+    ledger_total: int
+    consents: list[ChannelConsent]
+    push_subscriptions: list[PushSubscription]
+    messages: list[OutboxMessage]
+    transactions: list[Transaction]
+    tier_changes: list[TierChange]
+
+
+def find_member(session: Session, reference: str) -> Member:
+    """A member by external id, or by numeric database id as a fallback."""
+    member = session.scalars(sa.select(Member).where(Member.external_id == reference)).first()  # type: ignore[arg-type]
+    if member is None and reference.isdigit():
+        member = session.get(Member, int(reference))
+    if member is None:
+        raise MemberNotFound(f"no member with external id or id {reference!r}")
+    return member
+
+
+def _latest(session: Session, model: type, order_column: str, member_id: int, limit: int) -> list:
+    column = getattr(model, order_column)
+    query = sa.select(model).where(model.member_id == member_id)  # type: ignore[attr-defined]
+    return list(session.scalars(query.order_by(column.desc(), model.id.desc()).limit(limit)))  # type: ignore[attr-defined]
+
+
+def member_profile(session: Session, reference: str, *, limit: int = 20) -> MemberProfile:
+    """Load the member and the latest ``limit`` rows of each history."""
+    member = find_member(session, reference)
+    assert member.id is not None
+    total = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.points), 0))
+                           .where(PointsEntry.member_id == member.id))  # type: ignore[arg-type]
+    return MemberProfile(
+        member=member,
+        ledger=_latest(session, PointsEntry, "created_at", member.id, limit),
+        ledger_total=int(total or 0),
+        consents=_latest(session, ChannelConsent, "recorded_at", member.id, limit),
+        push_subscriptions=_latest(session, PushSubscription, "created_at", member.id, limit),
+        messages=_latest(session, OutboxMessage, "created_at", member.id, limit),
+        transactions=_latest(session, Transaction, "occurred_at", member.id, limit),
+        tier_changes=_latest(session, TierChange, "changed_at", member.id, limit),
+    )

@@ -1,0 +1,82 @@
+"""Shared fixtures: a migrated database on every backend under test.
+
+SQLite always; PostgreSQL too when ``LOYALFLOW_TEST_POSTGRES_URL`` is set (CI sets it). Each
+PostgreSQL test gets a schema of its own, dropped afterwards, so tests never see each
+other's rows and can run against a shared database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from loyalty.db import create_db_engine, session_scope, upgrade
+from loyalty.programme import Programme, load_programme, sync_catalogue
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_URL = os.environ.get("LOYALFLOW_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+
+def make_engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
+    """A freshly migrated, empty database on ``backend``; dropped when the generator ends."""
+    if backend == "sqlite":
+        engine = create_db_engine(f"sqlite:///{tmp_path / 'loyalflow.db'}")
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+        return
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL tests need LOYALFLOW_TEST_POSTGRES_URL")
+    schema = f"lf_test_{uuid.uuid4().hex[:12]}"
+    admin = create_db_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine = create_db_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend under test."""
+    return str(request.param)
+
+
+@pytest.fixture
+def bare_engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database with no rows at all."""
+    yield from make_engine(backend, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def programme() -> Programme:
+    """The programme shipped in ``config/``."""
+    return load_programme(REPO_ROOT / "config")
+
+
+@pytest.fixture
+def engine(bare_engine: Engine, programme: Programme) -> Engine:
+    """A migrated database with the configured tiers and offers synced."""
+    with session_scope(bare_engine) as session:
+        sync_catalogue(session, programme)
+    return bare_engine
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """A session on :func:`engine`; commit explicitly when a test needs to."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
