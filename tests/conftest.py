@@ -80,3 +80,26 @@ def session(engine: Engine) -> Iterator[Session]:
     """A session on :func:`engine`; commit explicitly when a test needs to."""
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One temporary Prefect API for the whole session (its startup costs 10-15 s)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def app_env(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """Point the process-wide runtime (used by flows and the CLI) at the test database."""
+    from loyalty import jobs
+
+    monkeypatch.setenv("LOYALFLOW_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("LOYALFLOW_CONFIG_DIR", str(REPO_ROOT / "config"))
+    jobs.runtime.cache_clear()
+    yield engine
+    jobs.runtime.cache_clear()
