@@ -78,6 +78,11 @@ def expire_cached(session: Session, model: type, ids: set[int]) -> None:
             session.expire(obj)
 
 
+def fetch_rows(connection: Session | sa.Connection, query: sa.Executable) -> list[tuple[Any, ...]]:
+    """Run ``query`` and return plain tuples (typed loosely: columns of computed SQL are untyped)."""
+    return [tuple(row) for row in connection.execute(query)]
+
+
 def alembic_config(engine: Engine) -> Config:
     """An Alembic configuration bound to ``engine`` (no alembic.ini needed)."""
     config = Config()

@@ -14,8 +14,8 @@ from rich.console import Console
 from sqlalchemy.engine import Engine
 
 from loyalty.cli_show import table
-from loyalty.db import session_scope, upgrade
-from loyalty.models import CampaignAssignment, ChannelConsent, Member, TierChange
+from loyalty.db import fetch_rows, session_scope, upgrade
+from loyalty.models import CAMPAIGN_ASSIGNMENTS, CHANNEL_CONSENTS, MEMBERS, TIER_CHANGES
 from loyalty.programme import Programme, sync_catalogue
 
 if TYPE_CHECKING:
@@ -25,15 +25,17 @@ if TYPE_CHECKING:
 def programme_summary(engine: Engine) -> dict[str, Any]:
     """Headline counts of the programme, for people to read."""
     with engine.connect() as c:
-        tiers = dict(c.execute(sa.select(Member.tier, sa.func.count()).group_by(Member.tier)).all())  # type: ignore[arg-type]
-        locales = dict(c.execute(sa.select(Member.locale, sa.func.count()).group_by(Member.locale)).all())  # type: ignore[arg-type]
-        consents = dict(c.execute(sa.select(ChannelConsent.channel, sa.func.count())
-                                  .where(ChannelConsent.opted_in).group_by(ChannelConsent.channel)).all())  # type: ignore[arg-type]
-        arms = dict(c.execute(sa.select(CampaignAssignment.arm, sa.func.count())
-                              .group_by(CampaignAssignment.arm)).all())  # type: ignore[arg-type]
-        points = c.scalar(sa.select(sa.func.coalesce(sa.func.sum(Member.points_balance), 0)))
-        pending = c.scalar(sa.select(sa.func.count()).select_from(TierChange)
-                           .where(TierChange.handled_at.is_(None)))  # type: ignore[union-attr]
+        def counts(column: sa.Column[Any], *where: sa.ColumnElement[bool]) -> dict[str, int]:
+            query = sa.select(column, sa.func.count()).where(*where).group_by(column)
+            return {str(key): int(n) for key, n in fetch_rows(c, query)}
+
+        tiers = counts(MEMBERS.c.tier)
+        locales = counts(MEMBERS.c.locale)
+        consents = counts(CHANNEL_CONSENTS.c.channel, CHANNEL_CONSENTS.c.opted_in.is_(True))
+        arms = counts(CAMPAIGN_ASSIGNMENTS.c.arm)
+        points = c.scalar(sa.select(sa.func.coalesce(sa.func.sum(MEMBERS.c.points_balance), 0)))
+        pending = c.scalar(sa.select(sa.func.count()).select_from(TIER_CHANGES)
+                           .where(TIER_CHANGES.c.handled_at.is_(None)))
     return {"tiers": tiers, "locales": locales, "consents": consents, "arms": arms,
             "points_outstanding": int(points or 0), "tier_changes_unmessaged": int(pending or 0)}
 
@@ -50,7 +52,7 @@ def run_demo(app_ctx: AppContext, programme: Programme, *, members: int, console
         sync_catalogue(session, programme)
     console.print(f"database ready: {app_ctx.settings.database_url}")
     with engine.connect() as connection:
-        existing = connection.scalar(sa.select(sa.func.count()).select_from(Member)) or 0
+        existing = connection.scalar(sa.select(sa.func.count()).select_from(MEMBERS)) or 0
     if existing:
         console.print(f"reusing the {existing:,} members already in the database")
     else:

@@ -18,14 +18,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from loyalty.db import expire_cached
-from loyalty.models import Member, PointsEntry
+from loyalty.db import expire_cached, fetch_rows
+from loyalty.models import MEMBERS, POINTS_ENTRIES, Member
 from loyalty.programme import Programme
 from loyalty.tiers import DAYS_PER_MONTH
 from loyalty.types import PointsKind, utcnow
 
-MEMBERS = Member.__table__  # type: ignore[attr-defined]
-ENTRIES = PointsEntry.__table__  # type: ignore[attr-defined]
+ENTRIES = POINTS_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def expiry_cutoff(programme: Programme, as_of: datetime) -> datetime:
 
 
 def expirable_query(programme: Programme, as_of: datetime,
-                    id_range: tuple[int, int] | None = None) -> sa.Select[tuple[int, int]]:
+                    id_range: tuple[int, int] | None = None) -> sa.Select[int, int]:
     """``(member_id, points that expire at as_of)`` for members with something to expire."""
     cutoff = expiry_cutoff(programme, as_of)
     old_credits = sa.func.sum(sa.case(((ENTRIES.c.points > 0) & (ENTRIES.c.created_at < cutoff),
@@ -65,8 +64,8 @@ def expire_points(session: Session, programme: Programme, *, as_of: datetime | N
                   id_range: tuple[int, int] | None = None) -> ExpiryResult:
     """Expire what is due at ``as_of`` for members in ``[start, stop)`` (everyone by default)."""
     as_of = as_of or utcnow()
-    due = [(int(mid), int(points)) for mid, points in session.execute(
-        expirable_query(programme, as_of, id_range)) if points > 0]
+    due = [(int(mid), int(points)) for mid, points in fetch_rows(session, expirable_query(programme, as_of, id_range))
+           if points > 0]
     if not due:
         return ExpiryResult(0, 0)
     stamp = f"{as_of:%Y%m%dT%H%M%S}"
@@ -90,5 +89,5 @@ def points_expiring(session: Session, programme: Programme, *, within_days: int,
                     id_range: tuple[int, int] | None = None) -> dict[int, int]:
     """Points each member will lose within ``within_days`` if they do nothing (for reminders)."""
     horizon = (as_of or utcnow()) + timedelta(days=within_days)
-    return {int(mid): int(points) for mid, points in
-            session.execute(expirable_query(programme, horizon, id_range)) if points > 0}
+    return {int(mid): int(points) for mid, points in fetch_rows(session, expirable_query(programme, horizon, id_range))
+            if points > 0}

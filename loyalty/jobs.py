@@ -14,9 +14,9 @@ from functools import lru_cache
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from loyalty.db import create_db_engine, session_scope
+from loyalty.db import create_db_engine, fetch_rows, session_scope
 from loyalty.expiry import expire_points
-from loyalty.models import Member
+from loyalty.models import MEMBERS
 from loyalty.programme import Programme, load_programme
 from loyalty.settings import Settings, load_settings
 from loyalty.tiers import evaluate_tiers
@@ -44,8 +44,8 @@ def runtime() -> Runtime:
 def member_id_ranges(engine: Engine, chunk_size: int) -> list[IdRange]:
     """Split the member ids into ``[start, stop)`` ranges of at most ``chunk_size`` ids."""
     with engine.connect() as connection:
-        low, high = connection.execute(sa.select(sa.func.min(Member.id), sa.func.max(Member.id))).one()
-    if low is None:
+        [(low, high)] = fetch_rows(connection, sa.select(sa.func.min(MEMBERS.c.id), sa.func.max(MEMBERS.c.id)))
+    if low is None or high is None:
         return []
     return [(start, min(start + chunk_size, high + 1)) for start in range(low, high + 1, chunk_size)]
 

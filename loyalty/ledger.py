@@ -22,14 +22,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from loyalty.db import expire_cached
-from loyalty.models import Member, PointsEntry, TierChange, Transaction
+from loyalty.models import MEMBERS, POINTS_ENTRIES, TRANSACTIONS, Member, PointsEntry, TierChange
 from loyalty.programme import Programme
 from loyalty.tiers import evaluate_tiers
 from loyalty.types import PointsKind, utcnow
 
-MEMBERS = Member.__table__  # type: ignore[attr-defined]
-ENTRIES = PointsEntry.__table__  # type: ignore[attr-defined]
-TRANSACTIONS = Transaction.__table__  # type: ignore[attr-defined]
+ENTRIES = POINTS_ENTRIES
 
 
 class LedgerError(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -46,10 +47,11 @@ def find_member(session: Session, reference: str) -> Member:
     return member
 
 
-def _latest(session: Session, model: type, order_column: str, member_id: int, limit: int) -> list:
-    column = getattr(model, order_column)
-    query = sa.select(model).where(model.member_id == member_id)  # type: ignore[attr-defined]
-    return list(session.scalars(query.order_by(column.desc(), model.id.desc()).limit(limit)))  # type: ignore[attr-defined]
+def _latest(session: Session, model: type[Any], order_column: str, member_id: int, limit: int) -> list[Any]:
+    table = model.__table__
+    query = (sa.select(model).where(table.c.member_id == member_id)
+             .order_by(table.c[order_column].desc(), table.c.id.desc()).limit(limit))
+    return list(session.scalars(query))
 
 
 def member_profile(session: Session, reference: str, *, limit: int = 20) -> MemberProfile:

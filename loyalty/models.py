@@ -248,3 +248,19 @@ class TierChange(SQLModel, table=True):
     qualifying_value: int = Field(description="Points or spend over the window at evaluation time.")
     changed_at: datetime = _created()
     handled_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
+
+# Core tables, typed once here for set-based statements (SQLModel leaves ``__table__`` untyped).
+TIERS: sa.Table = Tier.__table__  # type: ignore[attr-defined]
+OFFERS: sa.Table = Offer.__table__  # type: ignore[attr-defined]
+MEMBERS: sa.Table = Member.__table__  # type: ignore[attr-defined]
+TRANSACTIONS: sa.Table = Transaction.__table__  # type: ignore[attr-defined]
+POINTS_ENTRIES: sa.Table = PointsEntry.__table__  # type: ignore[attr-defined]
+CHANNEL_CONSENTS: sa.Table = ChannelConsent.__table__  # type: ignore[attr-defined]
+PUSH_SUBSCRIPTIONS: sa.Table = PushSubscription.__table__  # type: ignore[attr-defined]
+CAMPAIGNS: sa.Table = Campaign.__table__  # type: ignore[attr-defined]
+CAMPAIGN_RUNS: sa.Table = CampaignRun.__table__  # type: ignore[attr-defined]
+CAMPAIGN_ASSIGNMENTS: sa.Table = CampaignAssignment.__table__  # type: ignore[attr-defined]
+OUTBOX_MESSAGES: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+DELIVERY_EVENTS: sa.Table = DeliveryEvent.__table__  # type: ignore[attr-defined]
+TIER_CHANGES: sa.Table = TierChange.__table__  # type: ignore[attr-defined]

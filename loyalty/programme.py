@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel
 
-from loyalty.models import Offer, Tier
+from loyalty.models import OFFERS, TIERS
 from loyalty.types import OfferKind
 
 
@@ -173,13 +173,10 @@ def sync_catalogue(session: Session, programme: Programme) -> None:
         {**spec.model_dump(), "rank": rank} for rank, spec in enumerate(programme.tiers.tiers)
     ]
     # Ranks are unique: park existing ranks out of the way so a reordering cannot collide.
-    session.execute(Tier.__table__.update().values(rank=-1 - Tier.__table__.c.rank))  # type: ignore[attr-defined]
-    for table, rows, key in ((Tier.__table__, tier_rows, "code"),
-                             (Offer.__table__, [o.model_dump() for o in programme.offers], "code")):
-        stmt = insert(table).values(rows)  # type: ignore[arg-type]
+    session.execute(TIERS.update().values(rank=-1 - TIERS.c.rank))
+    for table, rows, key in ((TIERS, tier_rows, "code"), (OFFERS, [o.model_dump() for o in programme.offers], "code")):
+        stmt = insert(table).values(rows)
         updates = {c: stmt.excluded[c] for c in rows[0] if c != key}
         session.execute(stmt.on_conflict_do_update(index_elements=[key], set_=updates))
     listed = [o.code for o in programme.offers]
-    session.execute(
-        Offer.__table__.update().where(Offer.__table__.c.code.not_in(listed)).values(active=False)  # type: ignore[attr-defined]
-    )
+    session.execute(OFFERS.update().where(OFFERS.c.code.not_in(listed)).values(active=False))

@@ -17,15 +17,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from loyalty.db import expire_cached
-from loyalty.models import Member, PointsEntry, TierChange, Transaction
+from loyalty.db import expire_cached, fetch_rows
+from loyalty.models import MEMBERS, POINTS_ENTRIES, TIER_CHANGES, TRANSACTIONS, Member, TierChange
 from loyalty.programme import Programme, TierBasis, TierRules
 from loyalty.types import PointsKind, TierDirection, utcnow
 
-MEMBERS = Member.__table__  # type: ignore[attr-defined]
-ENTRIES = PointsEntry.__table__  # type: ignore[attr-defined]
-TRANSACTIONS = Transaction.__table__  # type: ignore[attr-defined]
-CHANGES = TierChange.__table__  # type: ignore[attr-defined]
+ENTRIES = POINTS_ENTRIES
+CHANGES = TIER_CHANGES
 
 #: Months are taken as 30.44 days: a rolling window needs no calendar arithmetic.
 DAYS_PER_MONTH = 30.44
@@ -50,7 +48,7 @@ def _member_scope(member_ids: Sequence[int] | None, id_range: tuple[int, int] | 
     return sa.true()
 
 
-def qualifying_query(rules: TierRules, as_of: datetime, scope: sa.ColumnElement[bool]) -> sa.Select[tuple[int, str, int]]:
+def qualifying_query(rules: TierRules, as_of: datetime, scope: sa.ColumnElement[bool]) -> sa.Select[int, str, int]:
     """``(member_id, tier, qualifying value)`` for every member in ``scope``."""
     since = window_start(rules, as_of)
     if rules.basis is TierBasis.POINTS:
@@ -90,9 +88,8 @@ def evaluate_tiers(
     downgrade = rules.allow_downgrade if allow_downgrade is None else allow_downgrade
     changes: list[TierChange] = []
     now = utcnow()
-    for member_id, current, value in session.execute(
-        qualifying_query(rules, as_of, _member_scope(member_ids, id_range))
-    ):
+    for member_id, current, value in fetch_rows(session, qualifying_query(rules, as_of,
+                                                                          _member_scope(member_ids, id_range))):
         target = tier_for(int(value), rules)
         direction = _direction(rules, current, target)
         if direction is None or (direction is TierDirection.DOWN and not downgrade):
@@ -123,9 +120,8 @@ def _direction(rules: TierRules, current: str, target: str) -> TierDirection | N
 def unhandled_changes(session: Session, *, direction: TierDirection = TierDirection.UP,
                       limit: int = 500) -> list[TierChange]:
     """Recorded tier changes still owing a message, oldest first."""
-    query = (sa.select(TierChange).where(TierChange.handled_at.is_(None),  # type: ignore[union-attr]
-                                         TierChange.direction == direction)
-             .order_by(TierChange.id).limit(limit))  # type: ignore[arg-type]
+    query = (sa.select(TierChange).where(CHANGES.c.handled_at.is_(None), CHANGES.c.direction == direction)
+             .order_by(CHANGES.c.id).limit(limit))
     return list(session.scalars(query))
 
 

@@ -14,7 +14,8 @@ from tests.conftest import REPO_ROOT
 
 def test_settings_layer_env_over_toml_over_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     toml = tmp_path / "loyalflow.toml"
-    toml.write_text('database_url = "sqlite:///from-toml.db"\nchunk_size = 123\n[twilio]\nfrom_number = "+15145550000"\n')
+    toml.write_text('database_url = "sqlite:///from-toml.db"\nchunk_size = 123\n'
+                    '[twilio]\nfrom_number = "+15145550000"\n')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOYALFLOW_CONFIG_FILE", str(toml))
     monkeypatch.setenv("LOYALFLOW_CHUNK_SIZE", "777")
