@@ -152,13 +152,14 @@ def record_purchases(session: Session, programme: Programme, purchases: Sequence
     file credits nothing twice. Refunds (negative amounts) claw back points, never below zero.
     """
     batch = PurchaseBatch()
-    if not purchases:
+    unique = list({p.external_id: p for p in reversed(purchases)}.values())[::-1]  # first occurrence wins
+    if not unique:
         return batch
-    inserted = _insert_transactions(session, purchases)
+    inserted = _insert_transactions(session, unique)
     batch.inserted, batch.duplicates = len(inserted), len(purchases) - len(inserted)
     if not inserted:
         return batch
-    new = [p for p in purchases if p.external_id in inserted]
+    new = [p for p in unique if p.external_id in inserted]
     tiers = dict(session.execute(sa.select(MEMBERS.c.id, MEMBERS.c.tier)
                                  .where(MEMBERS.c.id.in_({p.member_id for p in new}))).all())
     credits = [(p, programme.points_for(p.amount_cents, p.category, tiers[p.member_id])) for p in new]

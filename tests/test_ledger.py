@@ -163,6 +163,14 @@ def test_purchases_earn_by_category_and_tier_and_are_idempotent(session: Session
         assert refreshed.last_purchase_at == now
 
 
+def test_a_transaction_repeated_within_one_batch_counts_once(session: Session, programme: Programme) -> None:
+    member = add_member(session)
+    twice = Purchase(member.id, "DUP", 5_000, utcnow())
+    batch = record_purchases(session, programme, [twice, twice])
+    assert (batch.inserted, batch.duplicates, batch.points) == (1, 1, 50)
+    _assert_consistent(session, member.id)
+
+
 def test_refund_claws_back_points_but_never_below_zero(session: Session, programme: Programme) -> None:
     member = add_member(session)
     now = utcnow()
