@@ -35,7 +35,7 @@ def programme_summary(engine: Engine) -> dict[str, Any]:
         arms = counts(CAMPAIGN_ASSIGNMENTS.c.arm)
         points = c.scalar(sa.select(sa.func.coalesce(sa.func.sum(MEMBERS.c.points_balance), 0)))
         pending = c.scalar(sa.select(sa.func.count()).select_from(TIER_CHANGES)
-                           .where(TIER_CHANGES.c.handled_at.is_(None)))
+                           .where(TIER_CHANGES.c.handled_at.is_(None), TIER_CHANGES.c.direction == "up"))
     return {"tiers": tiers, "locales": locales, "consents": consents, "arms": arms,
             "points_outstanding": int(points or 0), "tier_changes_unmessaged": int(pending or 0)}
 
