@@ -159,49 +159,41 @@ def run_seed(app_ctx: AppContext, programme: Programme, members: int, seed_value
                               truth_dir=app_ctx.settings.var_dir / "seed", progress=on_progress)
 
 
-@import_app.command("members")
-def import_members_command(
-    ctx: typer.Context,
-    source: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file with a header row.")],
-    rejects: Annotated[Path | None, typer.Option(help="Where to write rejected rows.")] = None,
-) -> None:
-    """Import or update members from a CSV file (idempotent on external_id)."""
-    from loyalty.importing import ImportFileError, import_members
+CsvSource = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file with a header row.")]
+RejectsPath = Annotated[Path | None, typer.Option(help="Where to write rejected rows (default: FILE.rejects.csv).")]
+
+
+def _run_import(ctx: typer.Context, kind: str, source: Path, rejects: Path | None) -> None:
+    """Run one of the importers with a progress bar and print its report."""
+    from loyalty.cli_show import print_import_report
+    from loyalty.importing import ImportFileError, import_members, import_transactions
 
     app_ctx = _ctx(ctx)
     programme = _programme(app_ctx)
+    chunk = app_ctx.settings.chunk_size
     try:
-        with progress_bar(f"members from {source.name}") as advance:
-            report = import_members(app_ctx.engine, source, entry_tier=programme.tiers.entry_tier,
-                                    rejects_path=rejects, chunk_size=app_ctx.settings.chunk_size,
-                                    progress=advance)
+        with progress_bar(f"{kind} from {source.name}") as advance:
+            if kind == "members":
+                report = import_members(app_ctx.engine, source, entry_tier=programme.tiers.entry_tier,
+                                        rejects_path=rejects, chunk_size=chunk, progress=advance)
+            else:
+                report = import_transactions(app_ctx.engine, source, programme=programme, rejects_path=rejects,
+                                             chunk_size=chunk, progress=advance)
     except ImportFileError as exc:
         fail(str(exc))
-    from loyalty.cli_show import print_import_report
-
     print_import_report(console, report)
+
+
+@import_app.command("members")
+def import_members_command(ctx: typer.Context, source: CsvSource, rejects: RejectsPath = None) -> None:
+    """Import or update members from a CSV file (idempotent on external_id)."""
+    _run_import(ctx, "members", source, rejects)
 
 
 @import_app.command("transactions")
-def import_transactions_command(
-    ctx: typer.Context,
-    source: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file with a header row.")],
-    rejects: Annotated[Path | None, typer.Option(help="Where to write rejected rows.")] = None,
-) -> None:
+def import_transactions_command(ctx: typer.Context, source: CsvSource, rejects: RejectsPath = None) -> None:
     """Import purchases: credits points and records tier upgrades (idempotent on external_id)."""
-    from loyalty.importing import ImportFileError, import_transactions
-
-    app_ctx = _ctx(ctx)
-    programme = _programme(app_ctx)
-    try:
-        with progress_bar(f"transactions from {source.name}") as advance:
-            report = import_transactions(app_ctx.engine, source, programme=programme, rejects_path=rejects,
-                                         chunk_size=app_ctx.settings.chunk_size, progress=advance)
-    except ImportFileError as exc:
-        fail(str(exc))
-    from loyalty.cli_show import print_import_report
-
-    print_import_report(console, report)
+    _run_import(ctx, "transactions", source, rejects)
 
 
 @members_app.command("show")

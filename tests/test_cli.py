@@ -55,3 +55,38 @@ def test_a_broken_config_file_exits_2_naming_it(workdir: Path) -> None:
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 2
     assert "tiers.yaml" in result.output and "tiers" in result.output
+
+
+def test_import_reports_counts_and_the_rejects_file(workdir: Path) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    source = workdir / "members.csv"
+    source.write_text("external_id,first_name,email,phone,locale\n"
+                      "A1,Ana,ana@example.com,(514) 555-0134,fr_CA\n"
+                      "A2,Bob,not-an-email,,en_CA\n")
+    result = runner.invoke(app, ["import", "members", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "1 rejected rows" in result.output
+    rejects = (workdir / "members.csv.rejects.csv").read_text()
+    assert "3," in rejects and "email" in rejects
+    shown = runner.invoke(app, ["members", "show", "A1"])
+    assert "+15145550134" in shown.output and "ana@example.com" in shown.output
+
+
+def test_import_of_a_file_with_unknown_columns_fails_clearly(workdir: Path) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    source = workdir / "members.csv"
+    source.write_text("external_id,shoe_size\nA1,42\n")
+    result = runner.invoke(app, ["import", "members", str(source)])
+    assert result.exit_code == 1
+    assert "shoe_size" in result.output
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_demo_seeds_runs_the_flow_and_summarises(workdir: Path) -> None:
+    result = runner.invoke(app, ["demo", "--members", "300"])
+    assert result.exit_code == 0, result.output
+    assert "Members by tier" in result.output and "flow finished" in result.output
+    again = runner.invoke(app, ["demo", "--members", "300"])  # idempotent: reuses the programme
+    assert "reusing the 300 members" in again.output
+    shown = runner.invoke(app, ["members", "show", "S0000001"])
+    assert shown.exit_code == 0 and "Points ledger" in shown.output
