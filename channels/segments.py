@@ -1,0 +1,85 @@
+"""SMS segment counting for GSM-7 and UCS-2 text (3GPP TS 23.038 / 23.040).
+
+Providers bill and throttle SMS per *segment*, so the dispatcher paces SMS by `count_segments(body).segments`
+and template authors are warned when one stray character (a curly quote, an emoji) switches a whole message
+to UCS-2 and more than doubles its cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Encoding = Literal["GSM-7", "UCS-2"]
+
+# GSM 03.38 default alphabet: each costs one septet. ESC (0x1B) is deliberately left out: a raw ESC in text would
+# be read by the handset as the start of an extension pair, so such text is not safely GSM-7.
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+# Extension table: sent as ESC + code, so each costs two septets.
+GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+
+GSM7_SINGLE, GSM7_PART = 160, 153  # a concatenated part loses 7 septets to the user data header
+UCS2_SINGLE, UCS2_PART = 70, 67  # ... and 3 UTF-16 code units
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """How an SMS body will be encoded and split.
+
+    `characters` is in the encoding's own units: septets for GSM-7, UTF-16 code units for UCS-2.
+    `per_segment` is the capacity of one segment in those units (160/70 single, 153/67 when split).
+    `offending` lists, in first-seen order, the distinct characters that forced UCS-2 (empty for GSM-7).
+    """
+
+    encoding: Encoding
+    characters: int
+    segments: int
+    per_segment: int
+    offending: tuple[str, ...]
+
+
+def gsm7_cost(char: str) -> int | None:
+    """Septets one character costs in GSM-7, or None when it is not encodable."""
+    if char in GSM7_BASIC:
+        return 1
+    if char in GSM7_EXTENSION:
+        return 2
+    return None
+
+
+def _utf16_units(char: str) -> int:
+    return 2 if ord(char) > 0xFFFF else 1
+
+
+def _pack(costs: list[int], single: int, part: int) -> tuple[int, int]:
+    """(segments, per_segment) for indivisible items of the given costs.
+
+    Greedy packing is optimal here because items must stay in order; an item that would straddle a part boundary
+    (an ESC pair, a surrogate pair) moves whole to the next part, which is what handsets and providers do.
+    """
+    total = sum(costs)
+    if total == 0:
+        return 0, single
+    if total <= single:
+        return 1, single
+    segments, used = 1, 0
+    for cost in costs:
+        if used + cost > part:
+            segments, used = segments + 1, 0
+        used += cost
+    return segments, part
+
+
+def count_segments(text: str) -> SegmentInfo:
+    """Encoding, length and number of SMS segments for `text` (empty text is 0 segments)."""
+    offending = tuple(dict.fromkeys(ch for ch in text if gsm7_cost(ch) is None))
+    if not offending:
+        costs = [gsm7_cost(ch) or 0 for ch in text]
+        segments, per_segment = _pack(costs, GSM7_SINGLE, GSM7_PART)
+        return SegmentInfo("GSM-7", sum(costs), segments, per_segment, ())
+    costs = [_utf16_units(ch) for ch in text]
+    segments, per_segment = _pack(costs, UCS2_SINGLE, UCS2_PART)
+    return SegmentInfo("UCS-2", sum(costs), segments, per_segment, offending)
