@@ -12,6 +12,7 @@ import binascii
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -148,9 +149,39 @@ def fetch_message(emu: ProviderEmulator, req: EmulatorRequest, match: re.Match[s
     return EmulatorResponse.json(200, dict(sms.resource))
 
 
+def list_messages(emu: ProviderEmulator, req: EmulatorRequest, match: re.Match[str]) -> EmulatorResponse:
+    """``GET .../Messages.json?To=&DateSent>=``: one page of an account's messages, newest first.
+
+    Enough for reconciliation (was a message whose outcome we lost really accepted?).
+    ``DateSent>`` compares with the time the emulator accepted the message.
+    """
+    account_sid = match["account"]
+    if not _authorised(emu, req, account_sid):
+        return _unauthorised()
+    to = req.query["To"][0] if req.query.get("To") else None
+    since = _since(req.query.get("DateSent>") or req.query.get("DateSent>=") or [])
+    found = [s.resource for s in reversed(emu.sms) if s.account_sid == account_sid
+             and (to is None or s.to == to) and s.accepted_at >= since]
+    size = int((req.query.get("PageSize") or ["50"])[0])
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
+    return EmulatorResponse.json(200, {
+        "messages": found[:size], "page": 0, "page_size": size, "start": 0, "end": max(0, min(size, len(found)) - 1),
+        "uri": uri, "first_page_uri": uri, "next_page_uri": None, "previous_page_uri": None,
+    })
+
+
+def _since(values: list[str]) -> float:
+    if not values:
+        return 0.0
+    stamp = values[0].replace("Z", "+00:00")
+    parsed = datetime.fromisoformat(stamp if "T" in stamp else stamp + "T00:00:00+00:00")
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
 _ACCOUNT = rf"/{API_VERSION}/Accounts/(?P<account>[^/]+)"
 ROUTES = [
     Route("POST", re.compile(_ACCOUNT + r"/Messages\.json"), create_message, fault_response),
+    Route("GET", re.compile(_ACCOUNT + r"/Messages\.json"), list_messages, fault_response),
     Route(
         "GET", re.compile(_ACCOUNT + r"/Messages/(?P<sid>[A-Z]{2}[0-9a-fA-F]{32})\.json"), fetch_message, fault_response
     ),

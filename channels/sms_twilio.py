@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 import requests
@@ -180,6 +181,15 @@ class TwilioSmsAdapter(ChannelAdapter):
         """
         fetched = self._call(lambda: self.client.messages(sid).fetch())
         return str(fetched.status)
+
+    def find_sent(self, to: str, body: str, *, since: datetime) -> str | None:
+        """The sid of a message with ``body`` sent to ``to`` since ``since``, if Twilio has one.
+
+        Reconciliation for UNKNOWN outcomes: evidence that a message whose answer was lost
+        did reach Twilio, so it is marked sent instead of being sent again.
+        """
+        messages = self._call(lambda: self.client.messages.list(to=to, date_sent_after=since, limit=200))
+        return next((str(m.sid) for m in messages if m.body == body), None)
 
     def _call(self, request: Callable[[], T]) -> T:
         """Run one client call, translating its failures into the `ChannelError` family."""

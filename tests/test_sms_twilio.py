@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -154,6 +155,18 @@ def test_too_many_segments_is_refused_without_a_request(emulator: ProviderEmulat
     over_limit = send_one(adapter, sms(2, "a" * 1601))  # Twilio's 1600-character Body limit
     assert over_limit.outcome is Outcome.PERMANENT
     assert emulator.requests == []
+
+
+def test_reconciliation_finds_a_message_whose_answer_was_lost(emulator: ProviderEmulator) -> None:
+    adapter = make_adapter(emulator)
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    emulator.faults = Faults(drop_after_accept_rate=1.0)
+    assert send_one(adapter, sms(1, "lost answer")).outcome is Outcome.UNKNOWN
+    emulator.faults = Faults()
+    found = adapter.find_sent(TO, "lost answer", since=before)
+    assert found == emulator.find_sms(TO, "lost answer")[0].sid
+    assert adapter.find_sent(TO, "never sent", since=before) is None
+    assert adapter.find_sent(TO, "lost answer", since=datetime.now(UTC) + timedelta(days=1)) is None
 
 
 def test_fetch_status(emulator: ProviderEmulator) -> None:
