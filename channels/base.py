@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -149,10 +149,22 @@ class ChannelAdapter(ABC):
                 sendable.append(message)
             else:
                 results[message.message_id] = SendResult.permanent(message.message_id, rejection)
-        for start in range(0, len(sendable), self.max_batch):
-            for result in self._send_chunk(sendable[start : start + self.max_batch]):
-                results[result.message_id] = result
+        groups: dict[Hashable, list[OutgoingMessage]] = {}
+        for message in sendable:
+            groups.setdefault(self.request_key(message), []).append(message)
+        for group in groups.values():
+            for start in range(0, len(group), self.max_batch):
+                for result in self._send_chunk(group[start : start + self.max_batch]):
+                    results[result.message_id] = result
         return [results[i] for i in ids]
+
+    def request_key(self, message: OutgoingMessage) -> Hashable:
+        """Messages with different keys never share a provider request (e.g. different email content).
+
+        Each provider request is then one `_send_provider_batch` call, so an error in one request
+        never turns another request's acceptance into a retry.
+        """
+        return None
 
     def _rejection(self, message: OutgoingMessage) -> str | None:
         if message.channel != self.channel:

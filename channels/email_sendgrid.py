@@ -36,7 +36,7 @@ import logging
 import re
 import time
 import urllib.error
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from python_http_client.exceptions import HTTPError
@@ -157,31 +157,21 @@ class SendGridAdapter(ChannelAdapter):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def _send_provider_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        groups: dict[_ContentKey, list[OutgoingMessage]] = {}
-        for message in messages:
-            groups.setdefault(_content_key(message), []).append(message)
-        results: list[SendResult] = []
-        # Each group is its own request: a failure of one must not turn another's acceptance into a retry.
-        for key, group in groups.items():
-            results.extend(self._send_group(key, group))
-        return results
+    def request_key(self, message: OutgoingMessage) -> Hashable:
+        """Personalizations share one content: messages with different content go in separate requests."""
+        return _content_key(message)
 
-    def _send_group(self, key: _ContentKey, group: list[OutgoingMessage]) -> list[SendResult]:
-        try:
-            body = self._build_request(key, group)
-        except Exception as exc:  # nothing left: safe to retry later
-            log.exception("building a SendGrid request for %d messages failed", len(group))
-            return [SendResult.transient(m.message_id, f"request not built: {type(exc).__name__}") for m in group]
+    def _send_provider_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        group = list(messages)  # one content (see request_key), so one request
+        body = self._build_request(_content_key(group[0]), group)  # fails before sending: base retries
         try:
             x_message_id = self._post(body)
-        except ChannelError as exc:
-            return _results_for(exc, group, self._redact)
+        except ChannelError:
+            raise
         except Exception as exc:
-            # Unexpected, maybe after the request left. Escaping would make the base class mark groups that were
-            # already accepted in this batch as TRANSIENT (resent twice), so answer UNKNOWN for this group only.
+            # Unexpected, maybe after the request left: UNKNOWN, never a blind retry.
             log.exception("SendGrid request for %d messages failed unexpectedly", len(group))
-            return [SendResult.unknown(m.message_id, f"unexpected {type(exc).__name__}") for m in group]
+            raise AmbiguousError(f"unexpected {type(exc).__name__}") from exc
         if self.sandbox_mode:
             return [SendResult.accepted(m.message_id, f"sandbox:{m.message_id}") for m in group]
         return [SendResult.accepted(m.message_id, x_message_id) for m in group]
@@ -266,15 +256,6 @@ def _categories(message: OutgoingMessage) -> tuple[str, ...]:
         if value:
             seen.setdefault(str(value)[:MAX_CATEGORY_CHARS])
     return tuple(seen)[:MAX_CATEGORIES]
-
-
-def _results_for(exc: ChannelError, group: Sequence[OutgoingMessage], redact: Callable[[str], str]) -> list[SendResult]:
-    reason = redact(str(exc))
-    if isinstance(exc, TransientError):
-        return [SendResult.transient(m.message_id, reason, exc.retry_after) for m in group]
-    if isinstance(exc, PermanentError):
-        return [SendResult.permanent(m.message_id, reason, exc.effects) for m in group]
-    return [SendResult.unknown(m.message_id, reason) for m in group]
 
 
 def _http_error(exc: HTTPError, redact: Callable[[str], str]) -> ChannelError:

@@ -198,3 +198,20 @@ def test_channels_import_nothing_of_the_database() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+class _BySubject(MemoryAdapter):
+    """Like SendGrid: messages with different content never share a request."""
+
+    max_batch: ClassVar[int] = 2
+
+    def request_key(self, message: OutgoingMessage) -> object:
+        return message.content.get("subject")
+
+
+def test_request_key_splits_requests_before_max_batch() -> None:
+    adapter = _BySubject()
+    messages = [msg(1, subject="a"), msg(2, subject="b"), msg(3, subject="a"), msg(4, subject="a")]
+    results = adapter.send_batch(messages)
+    assert [r.message_id for r in results] == [1, 2, 3, 4]  # input order kept
+    assert [[m.message_id for m in batch] for batch in adapter.batches] == [[1, 3], [4], [2]]
