@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -74,7 +75,7 @@ def main_callback(ctx: typer.Context) -> None:
     """Load settings (environment, .env, config/loyalflow.toml)."""
     try:
         ctx.obj = AppContext(load_settings())
-    except Exception as exc:  # pydantic's ValidationError lists every bad setting
+    except ValidationError as exc:  # lists every bad setting
         fail(f"invalid settings: {exc}", 2)
 
 

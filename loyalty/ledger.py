@@ -61,9 +61,7 @@ def post_entry(
     :class:`InsufficientPoints` rather than let a balance go negative.
     """
     if idempotency_key is not None:
-        existing = session.scalars(
-            sa.select(PointsEntry).where(PointsEntry.idempotency_key == idempotency_key)  # type: ignore[arg-type]
-        ).first()
+        existing = session.scalars(sa.select(PointsEntry).where(ENTRIES.c.idempotency_key == idempotency_key)).first()
         if existing is not None:
             return existing
     now = utcnow()

@@ -8,7 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from loyalty.ledger import balance_from_ledger
 from loyalty.models import (
+    MEMBERS,
     ChannelConsent,
     Member,
     OutboxMessage,
@@ -39,7 +41,7 @@ class MemberProfile:
 
 def find_member(session: Session, reference: str) -> Member:
     """A member by external id, or by numeric database id as a fallback."""
-    member = session.scalars(sa.select(Member).where(Member.external_id == reference)).first()  # type: ignore[arg-type]
+    member = session.scalars(sa.select(Member).where(MEMBERS.c.external_id == reference)).first()
     if member is None and reference.isdigit():
         member = session.get(Member, int(reference))
     if member is None:
@@ -58,12 +60,11 @@ def member_profile(session: Session, reference: str, *, limit: int = 20) -> Memb
     """Load the member and the latest ``limit`` rows of each history."""
     member = find_member(session, reference)
     assert member.id is not None
-    total = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(PointsEntry.points), 0))
-                           .where(PointsEntry.member_id == member.id))  # type: ignore[arg-type]
+    total = balance_from_ledger(session, member.id)
     return MemberProfile(
         member=member,
         ledger=_latest(session, PointsEntry, "created_at", member.id, limit),
-        ledger_total=int(total or 0),
+        ledger_total=total,
         consents=_latest(session, ChannelConsent, "recorded_at", member.id, limit),
         push_subscriptions=_latest(session, PushSubscription, "created_at", member.id, limit),
         messages=_latest(session, OutboxMessage, "created_at", member.id, limit),
