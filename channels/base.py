@@ -13,6 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -108,6 +109,10 @@ class AmbiguousError(ChannelError):
     """The request left but no answer came back (e.g. read timeout): the provider may have accepted it."""
 
 
+class LookupUnsupported(ChannelError):
+    """The provider offers no way to ask whether it accepted a message (Web Push, FCM)."""
+
+
 _LIMITS = ("max_batch", "max_body_bytes", "default_rate_per_second")
 
 
@@ -198,6 +203,15 @@ class ChannelAdapter(ABC):
     def cost_units(self, message: OutgoingMessage) -> float:
         """Units of the channel's rate this message uses (default 1; SMS adapters count segments)."""
         return 1.0
+
+    def find_accepted(self, message: OutgoingMessage, *, since: datetime) -> str | None:
+        """Ask the provider whether it accepted `message` (sent no earlier than `since`).
+
+        Reconciliation of UNKNOWN outcomes: returns the provider id when found, None when the
+        provider confirms it has no such message. Raises `LookupUnsupported` when the provider
+        cannot answer, and the `ChannelError` family when the question itself failed.
+        """
+        raise LookupUnsupported(f"{self.provider} offers no message lookup")
 
     def close(self) -> None:
         """Release connections; the default holds none."""

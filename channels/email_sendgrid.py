@@ -37,6 +37,7 @@ import re
 import time
 import urllib.error
 from collections.abc import Callable, Hashable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from python_http_client.exceptions import HTTPError
@@ -233,6 +234,22 @@ class SendGridAdapter(ChannelAdapter):
         headers = response.headers
         x_message_id = headers.get("X-Message-Id") if headers is not None else None
         return str(x_message_id) if x_message_id else None
+
+    def find_accepted(self, message: OutgoingMessage, *, since: datetime) -> str | None:
+        """Reconciliation: ask the Email Activity Feed for a message carrying this outbox id.
+
+        Returns the request's X-Message-Id part of the found ``msg_id`` (what a send records),
+        None when SendGrid has no such message. Needs an API key with Email Activity access.
+        """
+        query = {"query": f"unique_args['outbox_id']=\"{message.message_id}\"", "limit": 1}
+        try:
+            response = self._client.client.messages.get(query_params=query)
+        except HTTPError as exc:
+            raise _http_error(exc, self._redact) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
+            raise TransientError(self._redact(f"Email Activity lookup failed: {exc}")) from None
+        found = json.loads(response.body or b"{}").get("messages") or []
+        return str(found[0]["msg_id"]).split(".")[0] if found else None
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "[redacted]")

@@ -161,4 +161,43 @@ def mail_send(emu: ProviderEmulator, req: EmulatorRequest, _: re.Match[str]) -> 
     return EmulatorResponse(202, headers={"X-Message-Id": x_message_id})
 
 
-ROUTES = [Route("POST", re.compile(r"/v3/mail/send"), mail_send, fault_response)]
+_QUERY = re.compile(r"""\s*(?:unique_args\['(?P<arg>[^']+)'\]|(?P<field>to_email|msg_id))"""
+                    r"""\s*=\s*"(?P<value>[^"]*)"\s*""")
+
+
+def _matches(email: RecordedEmail, query: str) -> bool:
+    """One clause of the Email Activity query language: ``unique_args['k']="v"``, ``to_email=``, ``msg_id=``."""
+    found = _QUERY.fullmatch(query)
+    if found is None:
+        raise ValueError(query)
+    value = found["value"]
+    if found["arg"]:
+        return email.custom_args.get(found["arg"]) == value
+    if found["field"] == "to_email":
+        return value in email.to
+    return email.message_id == value
+
+
+def activity_messages(emu: ProviderEmulator, req: EmulatorRequest, _: re.Match[str]) -> EmulatorResponse:
+    """``GET /v3/messages?query=...&limit=N`` — the Email Activity Feed, for reconciling lost answers."""
+    if not req.headers.get("authorization", "").startswith("Bearer "):
+        return _error(401, (None, "authorization required"))
+    query = req.query.get("query", [""])[0]
+    limit = int(req.query.get("limit", ["10"])[0])
+    with emu._lock:
+        emails = list(emu.emails)
+    try:
+        found = [e for e in emails if _matches(e, query)][:limit]
+    except ValueError:
+        return _error(400, ("query", f"unsupported query: {query}"))
+    messages = [{"msg_id": e.message_id, "from_email": e.from_email, "subject": e.subject or "",
+                 "to_email": e.to[0] if e.to else "", "status": "processed", "opens_count": 0, "clicks_count": 0,
+                 "last_event_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.accepted_at))}
+                for e in found]
+    return EmulatorResponse.json(200, {"messages": messages})
+
+
+ROUTES = [
+    Route("POST", re.compile(r"/v3/mail/send"), mail_send, fault_response),
+    Route("GET", re.compile(r"/v3/messages"), activity_messages, fault_response),
+]

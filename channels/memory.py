@@ -10,6 +10,7 @@ import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 from channels.base import (
@@ -73,6 +74,12 @@ class MemoryAdapter(ChannelAdapter):
         """Make the next provider request raise `error` (after being recorded in `batches`)."""
         with self._lock:
             self._batch_errors.append(error)
+
+    def find_accepted(self, message: OutgoingMessage, *, since: datetime) -> str | None:
+        """The provider id of an earlier accepted or UNKNOWN ("left") send of the same outbox message."""
+        with self._lock:
+            found = any(m.message_id == message.message_id for m in self.sent)
+        return f"mem-found-{message.message_id}" if found else None
 
     def close(self) -> None:
         """Mark the adapter closed; later sends fail permanently."""

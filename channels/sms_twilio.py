@@ -191,6 +191,10 @@ class TwilioSmsAdapter(ChannelAdapter):
         messages = self._call(lambda: self.client.messages.list(to=to, date_sent_after=since, limit=200))
         return next((str(m.sid) for m in messages if m.body == body), None)
 
+    def find_accepted(self, message: OutgoingMessage, *, since: datetime) -> str | None:
+        """Reconciliation hook of the adapter seam: :meth:`find_sent` for this message's number and body."""
+        return self.find_sent(message.to, _body(message), since=since)
+
     def _call(self, request: Callable[[], T]) -> T:
         """Run one client call, translating its failures into the `ChannelError` family."""
         try:

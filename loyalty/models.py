@@ -135,6 +135,25 @@ class ChannelConsent(SQLModel, table=True):
     recorded_at: datetime = _created()
 
 
+class Suppression(SQLModel, table=True):
+    """An address that must not be sent to on a channel, whoever it belongs to, and why.
+
+    Kept per address rather than per member: a hard-bounced mailbox or a number that texted
+    STOP stays blocked even if it is re-imported under another member.
+    """
+
+    __tablename__ = "suppressions"
+    __table_args__ = (sa.UniqueConstraint("channel", "address", name="uq_suppressions_channel_address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: Channel = Field(sa_type=enum_type(Channel))
+    address: str = Field(max_length=1024, description="Normalised email, E.164 number or push endpoint.")
+    member_id: int | None = Field(default=None, foreign_key="members.id", index=True)
+    reason: str = Field(max_length=32, description="hard_bounce, spam_complaint, sms_stop, invalid_address, ...")
+    source: str = Field(default="", max_length=64)
+    created_at: datetime = _created()
+
+
 class PushSubscription(SQLModel, table=True):
     """A Web Push subscription (endpoint + keys) or an FCM registration token."""
 
@@ -257,6 +276,7 @@ MEMBERS: sa.Table = Member.__table__  # type: ignore[attr-defined]
 TRANSACTIONS: sa.Table = Transaction.__table__  # type: ignore[attr-defined]
 POINTS_ENTRIES: sa.Table = PointsEntry.__table__  # type: ignore[attr-defined]
 CHANNEL_CONSENTS: sa.Table = ChannelConsent.__table__  # type: ignore[attr-defined]
+SUPPRESSIONS: sa.Table = Suppression.__table__  # type: ignore[attr-defined]
 PUSH_SUBSCRIPTIONS: sa.Table = PushSubscription.__table__  # type: ignore[attr-defined]
 CAMPAIGNS: sa.Table = Campaign.__table__  # type: ignore[attr-defined]
 CAMPAIGN_RUNS: sa.Table = CampaignRun.__table__  # type: ignore[attr-defined]

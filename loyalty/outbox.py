@@ -22,7 +22,7 @@ takes the caller's session so messages are queued in the same transaction as the
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,8 +67,12 @@ class ClaimedMessage:
     key: str
     member_id: int
     channel: str
+    template: str
+    offer_code: str | None
+    run_id: int | None
     payload: dict[str, Any]
     attempts: int
+    created_at: datetime
     lease_until: datetime
 
 
@@ -149,25 +153,31 @@ def claim(engine: Engine, channel: str, *, limit: int, now: datetime | None = No
     stmt = (OUTBOX.update()
             .where(OUTBOX.c.id.in_(sa.select(ids.c.id)), OUTBOX.c.status == OutboxStatus.PENDING)
             .values(status=OutboxStatus.SENDING, attempts=OUTBOX.c.attempts + 1, updated_at=at)
-            .returning(OUTBOX.c.id, OUTBOX.c.key, OUTBOX.c.member_id, OUTBOX.c.channel,
-                       OUTBOX.c.payload, OUTBOX.c.attempts))
+            .returning(OUTBOX.c.id, OUTBOX.c.key, OUTBOX.c.member_id, OUTBOX.c.channel, OUTBOX.c.template,
+                       OUTBOX.c.offer_code, OUTBOX.c.run_id, OUTBOX.c.payload, OUTBOX.c.attempts,
+                       OUTBOX.c.created_at))
     with engine.begin() as connection:
         rows = fetch_rows(connection, stmt)
     until = at + timedelta(seconds=lease_seconds)
     # RETURNING order is unspecified; hand them out in queue order.
-    claimed = [ClaimedMessage(id=i, key=k, member_id=m, channel=str(ch), payload=p, attempts=n, lease_until=until)
-               for i, k, m, ch, p, n in rows]
+    claimed = [ClaimedMessage(id=i, key=k, member_id=m, channel=str(ch), template=t, offer_code=o, run_id=r,
+                              payload=p, attempts=n, created_at=c, lease_until=until)
+               for i, k, m, ch, t, o, r, p, n, c in rows]
     return sorted(claimed, key=lambda message: message.id)
 
 
 def record_results(engine: Engine, results: Sequence[SendResult], *, backoff: Backoff,
                    now: datetime | None = None,
-                   deadline_for: Callable[[datetime], datetime] = max_age(DEFAULT_MAX_AGE)) -> Recorded:
+                   deadline_for: Callable[[datetime], datetime] = max_age(DEFAULT_MAX_AGE),
+                   attempts: Mapping[int, int] | None = None) -> Recorded:
     """Apply send results to their messages, in one transaction.
 
     Only rows still in ``sending`` change (a recovered row belongs to reconciliation), except that
     a late ACCEPTED settles an ``unknown`` row as ``sent``: it is the evidence reconciliation seeks.
     A transient failure whose next try would fall after ``deadline_for(created_at)`` fails.
+    ``attempts`` maps message ids to the attempt the results belong to (``ClaimedMessage.attempts``):
+    a result for an older attempt than the row's is ignored, so a stalled dispatcher waking up
+    cannot settle a message that has since been reconciled and claimed again.
     """
     at, recorded = as_utc(now or utcnow()), Recorded()
     if not results:
@@ -177,12 +187,13 @@ def record_results(engine: Engine, results: Sequence[SendResult], *, backoff: Ba
              .where(OUTBOX.c.id.in_(by_id)))
     with engine.begin() as connection:
         updates: list[dict[str, Any]] = []
-        for msg_id, member_id, status, attempts, created_at in fetch_rows(connection, query):
+        for msg_id, member_id, status, tries, created_at in fetch_rows(connection, query):
             result = by_id.pop(msg_id)
             recorded.effects.extend((member_id, effect) for effect in result.effects)
             late_success = status == OutboxStatus.UNKNOWN and result.outcome == Outcome.ACCEPTED
-            if status == OutboxStatus.SENDING or late_success:
-                updates.append(_transition(result, status, attempts, deadline_for(created_at), at, backoff))
+            current = attempts is None or attempts.get(msg_id, tries) == tries
+            if current and (status == OutboxStatus.SENDING or late_success):
+                updates.append(_transition(result, status, tries, deadline_for(created_at), at, backoff))
             else:
                 recorded.ignored.append(msg_id)
         recorded.ignored.extend(by_id)  # results for rows that do not exist
@@ -226,6 +237,38 @@ def _apply(connection: sa.Connection, updates: list[dict[str, Any]], at: datetim
     return int(connection.execute(stmt, updates).rowcount)
 
 
+def skip(engine: Engine, reasons: Mapping[int, str], *, now: datetime | None = None) -> int:
+    """Settle claimed messages as ``skipped`` with a reason (the policy gate said no); returns how many."""
+    rows = [{"b_id": i, "b_reason": reason[:64]} for i, reason in reasons.items()]
+    stmt = (OUTBOX.update()
+            .where(OUTBOX.c.id == sa.bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
+            .values(status=OutboxStatus.SKIPPED, skip_reason=sa.bindparam("b_reason"),
+                    updated_at=as_utc(now or utcnow())))
+    return _execute_many(engine, stmt, rows)
+
+
+def defer(engine: Engine, until: Mapping[int, datetime], *, now: datetime | None = None) -> int:
+    """Put claimed, unsent messages back in ``pending`` until a later time (quiet hours); returns how many.
+
+    Safe only before the provider call: the message provably never left. The claim is not
+    counted as an attempt, so deferral never eats into the retry budget.
+    """
+    rows = [{"b_id": i, "b_until": as_utc(when)} for i, when in until.items()]
+    c = OUTBOX.c
+    stmt = (OUTBOX.update()
+            .where(c.id == sa.bindparam("b_id"), c.status == OutboxStatus.SENDING)
+            .values(status=OutboxStatus.PENDING, attempts=c.attempts - 1, updated_at=as_utc(now or utcnow()),
+                    not_before=sa.bindparam("b_until", type_=c.not_before.type)))
+    return _execute_many(engine, stmt, rows)
+
+
+def _execute_many(engine: Engine, stmt: sa.Update, rows: list[dict[str, Any]]) -> int:
+    if not rows:
+        return 0
+    with engine.begin() as connection:
+        return int(connection.execute(stmt, rows).rowcount)
+
+
 def recover_expired_leases(engine: Engine, *, now: datetime | None = None,
                            lease_seconds: int = DEFAULT_LEASE_SECONDS) -> int:
     """Mark messages stuck in ``sending`` past their lease as ``unknown``; returns how many.
@@ -240,6 +283,24 @@ def recover_expired_leases(engine: Engine, *, now: datetime | None = None,
             .values(status=OutboxStatus.UNKNOWN, last_error=LEASE_EXPIRED, updated_at=at))
     with engine.begin() as connection:
         return int(connection.execute(stmt).rowcount)
+
+
+def unknown_messages(engine: Engine, channel: str, *, settled_before: datetime, limit: int) -> list[ClaimedMessage]:
+    """``unknown`` messages of ``channel`` left alone since ``settled_before``, oldest first, for reconciliation.
+
+    The grace period lets a slow provider finish with a request whose answer we lost before we
+    ask it what it did. ``lease_until`` is meaningless here and set to ``updated_at``.
+    """
+    c = OUTBOX.c
+    query = (sa.select(c.id, c.key, c.member_id, c.channel, c.template, c.offer_code, c.run_id, c.payload,
+                       c.attempts, c.created_at, c.updated_at)
+             .where(c.status == OutboxStatus.UNKNOWN, c.channel == channel, c.updated_at < as_utc(settled_before))
+             .order_by(c.id).limit(limit))
+    with engine.connect() as connection:
+        rows = fetch_rows(connection, query)
+    return [ClaimedMessage(id=i, key=k, member_id=m, channel=str(ch), template=t, offer_code=o, run_id=r,
+                           payload=p, attempts=n, created_at=cr, lease_until=u)
+            for i, k, m, ch, t, o, r, p, n, cr, u in rows]
 
 
 def resolve_unknown(engine: Engine, outbox_id: int, *, delivered: bool, provider_id: str | None = None,

@@ -10,6 +10,7 @@ factory) and pass it in; nothing reads settings at import time.
 from __future__ import annotations
 
 import os
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,28 @@ class PushSettings(BaseModel):
     messages_per_second: float = 50.0
 
 
+class DispatchSettings(BaseModel):
+    """How the dispatcher claims, retries and reconciles outbox messages."""
+
+    claim_size: int = Field(default=500, gt=0, description="Messages claimed per round trip to the database.")
+    lease_seconds: int = Field(default=300, gt=0, description="A claim older than this is presumed dead.")
+    backoff_base_seconds: float = Field(default=2.0, gt=0)
+    backoff_cap_seconds: float = Field(default=600.0, gt=0)
+    max_age_hours: float = Field(default=24.0, gt=0, description="Give up retrying a message this long after queueing.")
+    reconcile_grace_seconds: float = Field(default=60.0, ge=0,
+                                           description="Wait this long before asking a provider about an unknown.")
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class PolicySettings(BaseModel):
+    """The gate every message passes just before it is sent."""
+
+    frequency_cap: int = Field(default=3, ge=0, description="Marketing messages per member per window (0: no cap).")
+    frequency_window_hours: float = Field(default=168.0, gt=0)
+    quiet_hours_start: time = time(21, 0)
+    quiet_hours_end: time = time(9, 0)
+
+
 class WebSettings(BaseModel):
     """The web app serving webhooks, preferences and previews."""
 
@@ -87,6 +110,8 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = TwilioSettings()
     push: PushSettings = PushSettings()
     web: WebSettings = WebSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    policy: PolicySettings = PolicySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
@@ -226,3 +227,17 @@ def test_requests_match_the_official_description(emulator: ProviderEmulator) -> 
     for request in emulator.requests:
         errors = [e.message for e in validator.iter_errors(json.loads(request.body))]
         assert errors == [], errors
+
+
+def test_find_accepted_asks_the_email_activity_feed(emulator: ProviderEmulator) -> None:
+    sendgrid = adapter(emulator)
+    emulator.faults = Faults(drop_after_accept_rate=1.0)  # SendGrid takes it; the answer is lost
+    lost, never = message(7), message(8)
+    (result,) = sendgrid.send_batch([lost])
+    assert result.outcome is Outcome.UNKNOWN
+    emulator.faults = Faults()
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    found = sendgrid.find_accepted(lost, since=since)
+    assert found is not None and emulator.find_email("outbox_id", "7")[0].x_message_id == found
+    assert sendgrid.find_accepted(never, since=since) is None
+    assert API_KEY not in str(emulator.requests[-1].path)
