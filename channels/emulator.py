@@ -6,14 +6,18 @@ default sandbox. It records everything it accepts, can be scripted to fail (5xx,
 connection dropped" case) and can fire signed delivery webhooks back
 (:mod:`channels.emulator_webhooks`).
 
-Providers plug in as route tables: :mod:`channels.emulator_sendgrid` (SendGrid v3 mail send)
-and :mod:`channels.emulator_twilio` (Twilio 2010-04-01 Messages). FCM v1 and Web Push are
-meant to arrive the same way: a module exposing ``ROUTES`` appended to ``_provider_routes``.
+Providers plug in as route tables: :mod:`channels.emulator_sendgrid` (SendGrid v3 mail send),
+:mod:`channels.emulator_twilio` (Twilio 2010-04-01 Messages) and :mod:`channels.emulator_push`
+(a Web Push service checking VAPID, and FCM HTTP v1 with its OAuth token endpoint).
 
 Emulator-only endpoints (no real provider has them; used for reconciliation):
 
 - ``GET /_emulator/emails?custom_arg=NAME&value=VALUE`` -> JSON list of recorded emails
 - ``GET /_emulator/sms?to=NUMBER&body=TEXT`` -> JSON list of recorded SMS (``body`` optional)
+- ``GET /_emulator/push?to=ENDPOINT_OR_TOKEN`` -> JSON list of recorded pushes (in
+  :mod:`channels.emulator_push`; Web Push bodies as base64url)
+
+:meth:`ProviderEmulator.add_listener` lets the sandbox watch everything accepted as it happens.
 
 The server side is stdlib only, so it starts in milliseconds.
 """
@@ -21,6 +25,7 @@ The server side is stdlib only, so it starts in milliseconds.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import re
 import socket
@@ -28,18 +33,19 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from channels import emulator_sendgrid, emulator_twilio
+from channels import emulator_push, emulator_sendgrid, emulator_twilio
 from channels.emulator_records import (
     EmulatorRequest,
     EmulatorResponse,
     Faults,
     RecordedEmail,
+    RecordedPush,
     RecordedRequest,
     RecordedSms,
     Route,
@@ -51,10 +57,15 @@ __all__ = [
     "Faults",
     "ProviderEmulator",
     "RecordedEmail",
+    "RecordedPush",
     "RecordedRequest",
     "RecordedSms",
     "Route",
 ]
+
+log = logging.getLogger(__name__)
+# Called with ("email", RecordedEmail), ("sms", RecordedSms) or ("push", RecordedPush).
+Listener = Callable[[str, object], None]
 
 
 class _Server(ThreadingHTTPServer):
@@ -76,7 +87,7 @@ class _Drop(Exception):
 
 
 class ProviderEmulator:
-    """Loopback HTTP server emulating SendGrid and Twilio (see module docstring).
+    """Loopback HTTP server emulating SendGrid, Twilio, Web Push and FCM (see module docstring).
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. ``port=0`` picks a free
     port; :attr:`url` is the base URL to hand to the real clients.
@@ -99,6 +110,15 @@ class ProviderEmulator:
         self.sendgrid_api_keys: set[str] | None = None  # None: any non-empty bearer key is accepted
         self.twilio_accounts: dict[str, str] = {self.TWILIO_ACCOUNT_SID: self.TWILIO_AUTH_TOKEN}
         self.opted_out: set[str] = set()
+        self.push: list[RecordedPush] = []
+        self.gone_push_endpoints: set[str] = set()  # Web Push endpoints answering 410 Gone
+        self.unregistered_fcm_tokens: set[str] = set()  # FCM tokens answering 404 UNREGISTERED
+        # Web Push endpoint -> the only VAPID public key (base64url) it accepts; others accept any valid key.
+        self.webpush_server_keys: dict[str, str] = {}
+        # FCM service accounts: client_email -> (public key PEM, project_id); see emulator_push.
+        self.fcm_service_accounts: dict[str, tuple[bytes, str]] = {}
+        self.fcm_access_tokens: dict[str, str] = {}  # issued bearer token -> project_id
+        self._listeners: list[Listener] = []
         self.routes: list[Route] = _provider_routes() + _LOOKUP_ROUTES
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -150,6 +170,9 @@ class ProviderEmulator:
             self.requests.clear()
             self.stats.clear()
             self.opted_out.clear()
+            self.push.clear()
+            self.gone_push_endpoints.clear()
+            self.unregistered_fcm_tokens.clear()
             self.faults = Faults()
 
     def opt_out(self, number: str) -> None:
@@ -157,15 +180,46 @@ class ProviderEmulator:
         with self._lock:
             self.opted_out.add(number)
 
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(kind, record)`` after each accepted email, SMS or push ("email", "sms", "push").
+
+        It runs on the request's thread, outside the emulator's lock; an exception is logged and
+        never fails the request.
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _notify(self, kind: str, record: object) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(kind, record)
+            except Exception:
+                log.exception("emulator listener %r failed on %s", listener, kind)
+
     def record_email(self, email: RecordedEmail) -> None:
         """Record an accepted email (used by the SendGrid routes)."""
         with self._lock:
             self.emails.append(email)
+        self._notify("email", email)
 
     def record_sms(self, sms: RecordedSms) -> None:
         """Record an accepted SMS (used by the Twilio routes)."""
         with self._lock:
             self.sms.append(sms)
+        self._notify("sms", sms)
+
+    def record_push(self, push: RecordedPush) -> None:
+        """Record an accepted Web Push or FCM message (used by the push routes)."""
+        with self._lock:
+            self.push.append(push)
+        self._notify("push", push)
+
+    def find_push(self, to: str) -> list[RecordedPush]:
+        """Recorded pushes to a Web Push endpoint URL or an FCM registration token."""
+        with self._lock:
+            return [p for p in self.push if p.to == to]
 
     def find_email(self, custom_arg_name: str, value: str) -> list[RecordedEmail]:
         """Recorded emails whose merged custom_args have ``custom_arg_name == value``."""
@@ -350,5 +404,4 @@ _LOOKUP_ROUTES = [
 
 
 def _provider_routes() -> list[Route]:
-    # FCM v1 and Web Push plug in here as further ROUTES tables.
-    return [*emulator_sendgrid.ROUTES, *emulator_twilio.ROUTES]
+    return [*emulator_sendgrid.ROUTES, *emulator_twilio.ROUTES, *emulator_push.ROUTES]

@@ -1,7 +1,7 @@
 """Value types shared by the provider emulator and its provider route modules.
 
-Kept apart from :mod:`channels.emulator` so provider modules (SendGrid, Twilio, later FCM and
-Web Push) can import them without a cycle.
+Kept apart from :mod:`channels.emulator` so provider modules (SendGrid, Twilio, FCM and Web
+Push) can import them without a cycle.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "Faults",
     "Handler",
     "RecordedEmail",
+    "RecordedPush",
     "RecordedRequest",
     "RecordedSms",
     "Route",
@@ -92,6 +93,23 @@ class RecordedSms:
     status_callback: str | None
     num_segments: int
     resource: Mapping[str, Any]
+    accepted_at: float
+
+
+@dataclass(frozen=True)
+class RecordedPush:
+    """One accepted push message.
+
+    ``kind`` "webpush": ``to`` is the subscription endpoint URL and ``body`` the aes128gcm-encrypted
+    payload (bytes; decrypt it with the subscription helper of :mod:`channels.emulator_push`).
+    ``kind`` "fcm": ``to`` is the registration token and ``body`` the FCM v1 ``message`` object.
+    """
+
+    kind: str  # "webpush" | "fcm"
+    id: str
+    to: str
+    headers: Mapping[str, str]
+    body: bytes | Mapping[str, Any]
     accepted_at: float
 
 
