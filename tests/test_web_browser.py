@@ -1,0 +1,94 @@
+"""The preference page in a real browser (Chromium through Playwright), against uvicorn on loopback.
+
+Runs on a SQLite *file* database so the server thread and the test share it. Skipped when
+Chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+
+from loyalty.db import session_scope
+from loyalty.programme import Programme, sync_catalogue
+from loyalty.settings import WebSettings
+from loyalty.tokens import preferences_url
+from loyalty.web.app import create_app
+from tests.conftest import REPO_ROOT, make_engine
+from tests.test_delivery_events import consent, new_member
+from tests.test_web_webhooks import make_settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "preferences.png"
+INSTALL_HINT = "install Chromium: apt-get install -y chromium (and pip install playwright)"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or importlib.util.find_spec("playwright") is None, reason=INSTALL_HINT)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path, programme: Programme) -> Iterator[Engine]:
+    for engine in make_engine("sqlite", tmp_path):
+        with session_scope(engine) as session:
+            sync_catalogue(session, programme)
+        yield engine
+
+
+@pytest.fixture
+def server(sqlite_engine: Engine) -> Iterator[WebSettings]:
+    """The app served by uvicorn in a thread; yields its web settings (base URL = where it listens)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(web=WebSettings(public_base_url=base, secret_key=SecretStr("browser-secret")))
+    config = uvicorn.Config(create_app(settings, sqlite_engine), host="127.0.0.1", port=port,
+                            log_level="warning", access_log=False)
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uvicorn_server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield settings.web
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_untick_sms_and_save(server: WebSettings, sqlite_engine: Engine) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    member_id, _ = new_member(sqlite_engine)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 720, "height": 900})
+            page.goto(preferences_url(server, member_id))
+            sms = page.get_by_label("Text messages (SMS)")
+            expect(sms).to_be_checked()
+            sms.uncheck()
+            page.get_by_role("button", name="Save preferences").click()
+            expect(page.get_by_role("status")).to_contain_text("Saved")
+            expect(page.get_by_label("Text messages (SMS)")).not_to_be_checked()
+            expect(page.get_by_label("Email")).to_be_checked()
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert consent(sqlite_engine, member_id, "sms") == (False, "preference_page")
+    assert consent(sqlite_engine, member_id, "email") == (True, "preference_page")
