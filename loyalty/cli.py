@@ -30,6 +30,7 @@ from rich.progress import (
 )
 from sqlalchemy.engine import Engine
 
+from loyalty.cli_outbox import outbox_app
 from loyalty.db import create_db_engine, current_revision, session_scope, upgrade
 from loyalty.programme import ConfigError, Programme, load_programme, sync_catalogue
 from loyalty.settings import Settings, load_settings
@@ -45,7 +46,7 @@ members_app = typer.Typer(help="Look up members.", no_args_is_help=True)
 points_app = typer.Typer(help="Points ledger maintenance.", no_args_is_help=True)
 tiers_app = typer.Typer(help="Tier evaluation.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (import_app, "import"), (members_app, "members"),
-                  (points_app, "points"), (tiers_app, "tiers")):
+                  (points_app, "points"), (tiers_app, "tiers"), (outbox_app, "outbox")):
     app.add_typer(sub, name=name)
 
 
@@ -245,6 +246,16 @@ def tiers_evaluate(ctx: typer.Context, as_of: AsOf = None) -> None:
 
 
 @app.command()
+def serve(ctx: typer.Context,
+          host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535)] = 8000) -> None:
+    """Serve the web app: provider webhooks, one-click unsubscribe, the preference page."""
+    from loyalty.web.server import serve as serve_app
+
+    serve_app(_ctx(ctx).settings, host=host, port=port)
+
+
+@app.command()
 def demo(ctx: typer.Context,
          members: Annotated[int, typer.Option(min=100, help="Members to seed if the database is empty.")] = 20_000
          ) -> None:
@@ -259,3 +270,7 @@ def demo(ctx: typer.Context,
 def main() -> None:
     """Entry point of the ``loyalflow`` script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _KNOWN_FACTS = {f.value for f in Fact}
 #: Chunks per second when paced: small chunks keep every one-second window at or under the rate.
 _CHUNKS_PER_SECOND = 10
+_RECORD_EVERY = 50
 
 
 def outgoing(message: outbox.ClaimedMessage) -> OutgoingMessage:
@@ -96,8 +97,10 @@ class ChannelDispatcher:
         self.channel = adapter.channel
         rate = rate_per_second or getattr(adapter, "rate_per_second", None) or adapter.default_rate_per_second
         self.bucket = TokenBucket(rate) if paced else None
-        per_chunk = max(1, int(rate // _CHUNKS_PER_SECOND)) if paced else adapter.max_batch
-        self.chunk_size = min(adapter.max_batch, settings.claim_size, per_chunk)
+        # Unpaced, results are recorded every provider batch, or every _RECORD_EVERY messages for providers
+        # without batches (Twilio): one transaction per SMS would cost as much as the request itself.
+        per_chunk = max(1, int(rate // _CHUNKS_PER_SECOND)) if paced else max(adapter.max_batch, _RECORD_EVERY)
+        self.chunk_size = min(settings.claim_size, per_chunk)
         self.backoff = backoff or outbox.Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
         self.clock = clock
 

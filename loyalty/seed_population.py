@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from channels.sandbox import sandbox_browser_keys
 from loyalty.seed_io import US_PER_DAY, US_PER_SECOND, BulkWriter
 
 YEAR_DAYS = 365.25
@@ -316,13 +317,14 @@ def _write_push(rng: np.random.Generator, writer: BulkWriter, members: np.ndarra
     endpoints: list[str] = []
     keys: list[str | None] = []
     auths: list[str | None] = []
+    browser_key, browser_auth = sandbox_browser_keys()
     for n, is_web in enumerate(webpush.tolist()):
         chunk = noise[n * 96:(n + 1) * 96]
         unique = (first + n).to_bytes(5, "big")  # the row id in the token guarantees uniqueness
         if is_web:
             endpoints.append(f"https://push.example.net/wp/{_b64(unique + chunk[:13])}")
-            keys.append(_b64(b"\x04" + chunk[16:80]))  # an uncompressed P-256 point: 0x04 || X || Y
-            auths.append(_b64(chunk[80:96]))
+            keys.append(browser_key)  # the sandbox browser's: the sandbox can show what the member would see
+            auths.append(browser_auth)
         else:
             endpoints.append(f"{_b64(unique + chunk[:11])}:APA91b{_b64(chunk[16:96])}")
             keys.append(None)

@@ -109,7 +109,7 @@ def test_frequency_cap_counts_recent_sends_across_campaigns_but_spares_triggers(
     with engine.connect() as connection:
         verdicts = SendPolicy(PolicySettings(frequency_cap=3)).review(connection, claimed, NOON_TORONTO)
     # Two sent this week: one more campaign message fits, the next is capped; the trigger always goes.
-    assert [m.key for m in verdicts.send] == ["new-sms-%d-0" % member, "trigger-sms-%d-0" % member]
+    assert [m.key for m in verdicts.send] == [f"new-sms-{member}-0", f"trigger-sms-{member}-0"]
     assert list(verdicts.skip.values()) == ["frequency_cap"]
     with engine.connect() as connection:
         wide = SendPolicy(PolicySettings(frequency_cap=3, frequency_window_hours=1)).review(
