@@ -343,6 +343,9 @@ class ProviderEmulator:
 def _make_handler(emulator: ProviderEmulator) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the requests-based Twilio client expects
+        # Headers and body leave in separate writes; with Nagle on, a keep-alive client's delayed ACK
+        # then costs 40 ms per request (measured: 44 ms per Twilio message instead of ~3).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # silence the default stderr access log

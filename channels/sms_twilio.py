@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -203,6 +203,9 @@ class TwilioSmsAdapter(ChannelAdapter):
             raise self._scrubbed(self._rest_error(exc)) from None
         except requests.exceptions.RequestException as exc:
             raise self._scrubbed(_transport_error(exc)) from None
+        except TwilioException as exc:
+            # List pages raise the bare TwilioException on any non-200 answer (e.g. a 503), status unknown here.
+            raise self._scrubbed(TransientError(f"twilio: {exc}")) from None
 
     def _rest_error(self, exc: TwilioRestException) -> ChannelError:
         status, code = exc.status, exc.code

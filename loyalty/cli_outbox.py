@@ -44,6 +44,7 @@ def dispatch_command(
     if unknown:
         raise typer.BadParameter(f"unknown channel(s): {', '.join(unknown)}", param_hint="--channel")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs every request at INFO
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish the chunk in hand, record it, then exit
     with open_channels(settings) as opened:

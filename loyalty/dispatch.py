@@ -172,6 +172,9 @@ class ChannelDispatcher:
             except ChannelError as exc:
                 log.warning("could not reconcile outbox message %s: %s", message.id, exc)
                 continue
+            except Exception:  # a library surprise must not stop the dispatcher: the row stays unknown
+                log.exception("reconciling outbox message %s failed", message.id)
+                continue
             outbox.resolve_unknown(self.engine, message.id, delivered=found is not None, provider_id=found)
             if found is None:
                 stats.reconciled_resend += 1
