@@ -21,8 +21,8 @@ def add_member(session: Session, *, tier: str = "member", joined_at: datetime | 
                **fields: object) -> Member:
     """Insert a member with a unique external id and return it (flushed, with an id)."""
     n = next(_counter)
-    member = Member(external_id=f"M{n:07d}", first_name="Test", last_name=f"Member{n}",
-                    email=f"member{n}@example.com", tier=tier, joined_at=joined_at or utcnow(), **fields)
+    values: dict[str, object] = {"first_name": "Test", "last_name": f"Member{n}", "email": f"member{n}@example.com"}
+    member = Member(external_id=f"M{n:07d}", tier=tier, joined_at=joined_at or utcnow(), **(values | fields))
     session.add(member)
     session.flush()
     return member

@@ -1,0 +1,64 @@
+"""The sandbox: with no provider keys, the real clients send to the in-process emulator and the
+mailbox under var/sandbox shows what members would have received."""
+
+from __future__ import annotations
+
+import json
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from channels.sandbox import sandbox_browser_keys
+from loyalty.db import session_scope
+from loyalty.delivery import needs_sandbox, open_channels
+from loyalty.dispatch import dispatch
+from loyalty.models import PushSubscription
+from loyalty.outbox import NewMessage, enqueue
+from loyalty.settings import DispatchSettings, Settings
+from loyalty.types import PushKind
+from tests.factories import add_contactable_member, queue
+
+
+@pytest.fixture
+def settings(tmp_path: Path, engine: Engine) -> Settings:
+    return Settings(var_dir=tmp_path / "var", database_url=engine.url.render_as_string(hide_password=False))
+
+
+def test_without_keys_every_channel_is_sandboxed(settings: Settings) -> None:
+    assert needs_sandbox(settings) == {"email", "sms", "push"}
+    assert needs_sandbox(Settings(sendgrid={"api_key": "SG.x"})) == {"sms", "push"}
+
+
+def test_sandbox_mailbox_holds_what_members_would_get(engine: Engine, settings: Settings) -> None:
+    with session_scope(engine) as session:
+        member = add_contactable_member(session, first_name="Zoé")
+        browser = PushSubscription(member_id=member.id, kind=PushKind.WEBPUSH, endpoint="https://push.example.net/wp/z",
+                                   p256dh=sandbox_browser_keys()[0], auth=sandbox_browser_keys()[1])
+        session.add(browser)
+    assert member.id is not None
+    queue(engine, [member.id], "email", content={"subject": "Double points, Zoé", "html": "<p>Bonjour Zoé</p>",
+                                                 "text": "Bonjour Zoé"})
+    queue(engine, [member.id], "sms", content={"body": "Double points this weekend!"})
+    with session_scope(engine) as session:
+        enqueue(session, [NewMessage(key="push-1", member_id=member.id, channel="push", template="t", payload={
+            "to": browser.endpoint, "push_keys": {"p256dh": browser.p256dh, "auth": browser.auth},
+            "content": {"title": "Gold!", "body": "You reached Gold"}})])
+    with open_channels(settings) as opened:
+        stats = dispatch(engine, opened.adapters.values(), settings=DispatchSettings(), poll_seconds=0.01)
+    assert {channel: s.sent for channel, s in stats.items()} == {"email": 1, "sms": 1, "push": 1}
+
+    (eml,) = (settings.sandbox_dir / "email").glob("*.eml")
+    mail = BytesParser(policy=policy.default).parsebytes(eml.read_bytes())
+    assert mail["Subject"] == "Double points, Zoé" and mail["To"] == member.email
+    assert "Bonjour Zoé" in mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    (sms,) = [json.loads(line) for line in (settings.sandbox_dir / "sms.jsonl").read_text().splitlines()]
+    assert sms["to"] == member.phone and sms["body"] == "Double points this weekend!" and sms["segments"] == 1
+    (push,) = [json.loads(line) for line in (settings.sandbox_dir / "push.jsonl").read_text().splitlines()]
+    assert push["kind"] == "webpush" and push["payload"] == {"title": "Gold!", "body": "You reached Gold"}
+    with engine.connect() as connection:
+        statuses = connection.execute(sa.text("SELECT DISTINCT status FROM outbox_messages")).scalars().all()
+    assert statuses == ["sent"]
