@@ -37,7 +37,9 @@ from loyalty.types import Channel, OutboxStatus, as_utc, utcnow
 
 SENDGRID = "sendgrid"
 TWILIO = "twilio"
-_SETTLEABLE = (OutboxStatus.SENT, OutboxStatus.UNKNOWN)
+# A report may beat the dispatcher's own commit of the provider's answer (the row is still `sending`):
+# it is the provider's word that it took the message, so it settles the row; the late result is then ignored.
+_SETTLEABLE = (OutboxStatus.SENT, OutboxStatus.UNKNOWN, OutboxStatus.SENDING)
 #: target status → statuses it may be reached from (the conditional UPDATE's guard).
 _FROM = {
     OutboxStatus.DELIVERED: _SETTLEABLE,

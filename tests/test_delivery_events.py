@@ -196,3 +196,15 @@ def test_twilio_failures_record_the_code_and_the_fact(engine: Engine) -> None:
     with engine.connect() as connection:
         ids = {str(r[0]) for r in fetch_rows(connection, sa.select(DELIVERY_EVENTS.c.provider_event_id))}
     assert ids == {"SM2:undelivered", "SM3:failed", "SM3:queued"}
+
+
+def test_a_report_that_beats_the_dispatchers_commit_settles_the_row(engine: Engine) -> None:
+    member_id, email = new_member(engine)
+    with Session(engine) as session:
+        enqueue(session, [NewMessage(key="early", member_id=member_id, channel="email", template="t", payload={})])
+        session.commit()
+    (claimed,) = claim(engine, "email", limit=1)  # in flight: the provider answered, we have not recorded it yet
+    record_events(engine, sendgrid_events([sg_event("delivered", claimed.id, email)]))
+    assert outbox_row(engine, claimed.id)[0] == "delivered"
+    late = record_results(engine, [SendResult.accepted(claimed.id, "x-msg")], backoff=Backoff())
+    assert late.ignored == [claimed.id] and outbox_row(engine, claimed.id)[0] == "delivered"
