@@ -10,8 +10,9 @@ from alembic.script import ScriptDirectory
 from typer.testing import CliRunner
 
 from loyalty.cli import app
-from loyalty.db import MIGRATIONS_DIR
+from loyalty.db import MIGRATIONS_DIR, create_db_engine, session_scope
 from tests.conftest import REPO_ROOT
+from tests.factories import add_contactable_member, queue
 
 runner = CliRunner()
 
@@ -93,3 +94,21 @@ def test_demo_seeds_runs_the_flow_and_summarises(workdir: Path) -> None:
     assert "reusing the 300 members" in again.output
     shown = runner.invoke(app, ["members", "show", "S0000001"])
     assert shown.exit_code == 0 and "Points ledger" in shown.output
+
+
+def test_outbox_dispatch_sends_through_the_sandbox_and_reports(workdir: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    engine = create_db_engine(f"sqlite:///{workdir / 'var' / 'loyalflow.db'}")
+    with session_scope(engine) as session:
+        ids = [add_contactable_member(session).id for _ in range(3)]
+    queue(engine, [i for i in ids if i is not None], "email")
+    queue(engine, [i for i in ids if i is not None], "sms")
+    # Quiet hours are not in play whatever the time of day the test runs.
+    env = {"LOYALFLOW_POLICY__QUIET_HOURS_START": "00:00", "LOYALFLOW_POLICY__QUIET_HOURS_END": "00:00"}
+    result = runner.invoke(app, ["outbox", "dispatch"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "sandbox mailbox" in result.output
+    assert len(list((workdir / "var" / "sandbox" / "email").glob("*.eml"))) == 3
+    assert len((workdir / "var" / "sandbox" / "sms.jsonl").read_text().splitlines()) == 3
+    status = runner.invoke(app, ["outbox", "status"])
+    assert "sent" in status.output and " 6 " in status.output
