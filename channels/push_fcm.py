@@ -26,7 +26,7 @@ from firebase_admin import credentials, exceptions, messaging
 from urllib3.util.retry import Retry
 
 from channels.base import AmbiguousError, ChannelAdapter, OutgoingMessage, PermanentError, SendResult, TransientError
-from channels.push_webpush import never_connected, parse_retry_after
+from channels.transport import never_connected, parse_retry_after
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/"
 DEFAULT_RETRY_AFTER = 60.0  # FCM's 429 advice: back off at least a minute when Retry-After is absent

@@ -15,8 +15,6 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import requests
@@ -24,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from py_vapid import Vapid
 from pywebpush import WebPushException, webpush
-from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from channels.base import ChannelAdapter, OutgoingMessage, SendResult
+from channels.transport import never_connected, parse_retry_after
 from loyalty.settings import PushSettings
 
 DEFAULT_RETRY_AFTER = 30.0  # a 429 without Retry-After: back off for a while rather than hammer the service
@@ -177,40 +175,9 @@ def _text(response: Any) -> str:
     return text[:200]
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header holding seconds or an HTTP date; None when absent or invalid."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return max(seconds, 0.0)
-
-
 def _transport_result(mid: int, exc: requests.exceptions.RequestException) -> SendResult:
     """Transient when the request certainly never left; unknown when the push service may have it."""
     name = type(exc).__name__
     if isinstance(exc, requests.exceptions.ConnectTimeout) or never_connected(exc):
         return SendResult.transient(mid, f"push service not reached ({name})")
     return SendResult.unknown(mid, f"no answer from the push service ({name}); the message may have been sent")
-
-
-def never_connected(exc: BaseException) -> bool:
-    """True when the exception chain shows the TCP connection was never made (refused, DNS failure)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, NewConnectionError | ConnectionRefusedError):
-            return True
-        if isinstance(current, MaxRetryError) and current.reason is not None:
-            current = current.reason
-        elif current.args and isinstance(current.args[0], BaseException):
-            current = current.args[0]  # requests wraps urllib3's error as its first argument
-        else:
-            current = current.__cause__ or current.__context__
-    return False

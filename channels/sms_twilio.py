@@ -18,7 +18,6 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
-from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from channels.base import (
     AmbiguousError,
@@ -30,6 +29,7 @@ from channels.base import (
     TransientError,
 )
 from channels.segments import count_segments
+from channels.transport import never_connected
 from loyalty.settings import TwilioSettings
 
 TWILIO_API = "https://api.twilio.com"
@@ -240,24 +240,7 @@ def _transport_error(exc: requests.exceptions.RequestException) -> ChannelError:
     name = type(exc).__name__
     if isinstance(exc, _PRE_SEND_ERRORS):
         return TransientError(f"twilio not reached: {name}")
-    if isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc):
+    if isinstance(exc, requests.exceptions.ConnectionError) and never_connected(exc):
         return TransientError(f"twilio not reached: connection refused ({name})")
     # Read timeout, connection dropped mid-exchange, a truncated answer: Twilio may have created the message.
     return AmbiguousError(f"no answer from twilio ({name}); the message may have been sent")
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """True when the exception chain shows the TCP connection was never made (refused, DNS failure)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (NewConnectionError, ConnectionRefusedError)):
-            return True
-        if isinstance(current, MaxRetryError) and current.reason is not None:
-            current = current.reason
-        elif current.args and isinstance(current.args[0], BaseException):
-            current = current.args[0]  # requests wraps urllib3's error as its first argument
-        else:
-            current = current.__cause__ or current.__context__
-    return False

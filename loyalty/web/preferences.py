@@ -45,8 +45,8 @@ router = APIRouter()
 OptionalField = Annotated[str | None, Form()]
 
 
-def _read(ctx: WebContext, token: str, purpose: str) -> MemberToken | HTMLResponse:
-    """The token's member, or the page explaining why the link does not work."""
+def _read(ctx: WebContext, token: str, purpose: str) -> tuple[MemberToken, str] | HTMLResponse:
+    """The token's member and first name, or the page explaining why the link does not work."""
     try:
         member = read_token(ctx.settings.web, token, purpose)
     except ExpiredToken:
@@ -57,7 +57,8 @@ def _read(ctx: WebContext, token: str, purpose: str) -> MemberToken | HTMLRespon
         return _invalid(ctx)
     if purpose == UNSUBSCRIBE and member.channel is None:
         return _invalid(ctx)
-    return member
+    name = _member_name(ctx, member.member_id)
+    return _invalid(ctx) if name is None else (member, name)
 
 
 def _invalid(ctx: WebContext) -> HTMLResponse:
@@ -76,11 +77,10 @@ def _member_name(ctx: WebContext, member_id: int) -> str | None:
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse)
 def unsubscribe_page(token: str, ctx: Ctx) -> HTMLResponse:
     """Confirm before unsubscribing (a GET must not act: link scanners follow links)."""
-    member = _read(ctx, token, UNSUBSCRIBE)
-    if isinstance(member, HTMLResponse):
-        return member
-    if _member_name(ctx, member.member_id) is None:
-        return _invalid(ctx)
+    found = _read(ctx, token, UNSUBSCRIBE)
+    if isinstance(found, HTMLResponse):
+        return found
+    member = found[0]
     return ctx.page("unsubscribe.html", channel=CHANNEL_LABELS[member.channel or ""],
                     preferences=preferences_url(ctx.settings.web, member.member_id))
 
@@ -88,11 +88,10 @@ def unsubscribe_page(token: str, ctx: Ctx) -> HTMLResponse:
 @router.post("/unsubscribe/{token}", response_class=HTMLResponse)
 def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
     """RFC 8058 one-click unsubscribe: any POST body (``List-Unsubscribe=One-Click`` or none) works."""
-    member = _read(ctx, token, UNSUBSCRIBE)
-    if isinstance(member, HTMLResponse):
-        return member
-    if _member_name(ctx, member.member_id) is None:
-        return _invalid(ctx)
+    found = _read(ctx, token, UNSUBSCRIBE)
+    if isinstance(found, HTMLResponse):
+        return found
+    member = found[0]
     with ctx.engine.begin() as connection:
         set_consent(connection, member.member_id, member.channel or "", False, source="unsubscribe_link")
     label = CHANNEL_LABELS[member.channel or ""]
@@ -140,12 +139,10 @@ def _preferences_page(ctx: WebContext, token: str, member_id: int, name: str, *,
 @router.get("/preferences/{token}", response_class=HTMLResponse)
 def preferences_page(token: str, ctx: Ctx) -> HTMLResponse:
     """The form: one checkbox per channel showing the current consent."""
-    member = _read(ctx, token, PREFERENCES)
-    if isinstance(member, HTMLResponse):
-        return member
-    name = _member_name(ctx, member.member_id)
-    if name is None:
-        return _invalid(ctx)
+    found = _read(ctx, token, PREFERENCES)
+    if isinstance(found, HTMLResponse):
+        return found
+    member, name = found
     return _preferences_page(ctx, token, member.member_id, name, saved=False)
 
 
@@ -153,16 +150,14 @@ def preferences_page(token: str, ctx: Ctx) -> HTMLResponse:
 def save_preferences(token: str, request: Request, ctx: Ctx, email: OptionalField = None, sms: OptionalField = None,
                      push: OptionalField = None, csrf: OptionalField = None) -> HTMLResponse:
     """Save the form: a ticked box (value "on") opts in, an unticked one (absent) opts out."""
-    member = _read(ctx, token, PREFERENCES)
-    if isinstance(member, HTMLResponse):
-        return member
+    found = _read(ctx, token, PREFERENCES)
+    if isinstance(found, HTMLResponse):
+        return found
+    member, name = found
     if _cross_site(ctx, request) or not hmac.compare_digest(csrf or "", csrf_value(ctx, token)):
         return ctx.message_page("Your changes were not saved",
                                 "This form was not submitted from our preference page. Please open the link "
                                 "from your message again.", status_code=403)
-    name = _member_name(ctx, member.member_id)
-    if name is None:
-        return _invalid(ctx)
     chosen = {Channel.EMAIL: email, Channel.SMS: sms, Channel.PUSH: push}
     with ctx.engine.begin() as connection:
         for channel, value in chosen.items():
