@@ -33,6 +33,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/import_members.py
+	$(BIN)/python bench/dispatch.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,81 +1,86 @@
-"""A thread-safe token bucket that paces sends to a provider's rate.
+"""Pacing sends to a provider's rate: evenly spaced, and never over the rate in any one-second window.
 
-Design (why it starts full but holds only one unit by default):
-the bucket refills at `rate` units per second up to `burst` units and starts full. A caller *reserves* its units
-at once (the balance may go negative, which queues later callers behind it in arrival order) and then sleeps until
-the balance has climbed back to zero. So a request bigger than `burst` (a 6-segment SMS on a 1/s sender) is allowed
-and simply waits longer; nothing can deadlock.
+Providers count what they receive per second, and a dispatcher sends in *chunks* (one SendGrid
+request carries many personalizations; an SMS costs several segments). A plain token bucket
+cannot honour both "at the rate on average" and "never over it in any second" for chunks: if
+its burst is one unit it loses the refill that accrues while a chunk is being sent (measured:
+-11% to -21% at 200 email/s), and if its burst is a chunk, a window starting at one chunk also
+holds the next second's worth (measured: 21 segments in one second at 20/s).
 
-Guarantee: in any window of length t, the units granted are less than `max(burst, u) + rate * t`, where u is the
-size of the first grant in the window. (Proof sketch: just after a grant the balance, net of every reservation made
-so far, is at most `burst - u`, or 0 if that grant had to wait; it then grows by at most `rate * t` and must still
-be >= 0 at each later grant.) With the default `burst` of one unit and unit grants, a one-second window therefore
-holds fewer than `rate + 1` grants, i.e. at most `rate` for an integer rate. A bucket starting full with
-`burst == rate` would allow up to `2 * rate` in one second, which providers count as over the limit.
+:class:`SendPacer` combines two rules, each checked at the moment a chunk may start:
+
+1. **spacing** — a chunk starts no earlier than the previous chunk's start plus that chunk's
+   units divided by the rate (the generic cell rate algorithm): the long-run average is the
+   rate, and time spent sending counts towards the spacing instead of being lost;
+2. **window** — the units started within the last ``window + margin`` seconds, plus this
+   chunk's, never exceed the rate. Checked at every start, it bounds every half-open window of
+   that length, whatever the chunk sizes. The margin absorbs network jitter between our start
+   and the provider's clock.
+
+A single chunk larger than the rate is allowed once the window is empty (it cannot be split here).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 
-class TokenBucket:
-    """Pace work to `rate_per_second` units per second, allowing bursts of up to `burst` units (default 1)."""
+class SendPacer:
+    """Pace chunks to ``rate_per_second`` units per second (see the module docstring)."""
 
     def __init__(
         self,
         rate_per_second: float,
-        burst: float | None = None,
+        *,
+        window_seconds: float = 1.0,
+        margin_seconds: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not rate_per_second > 0:
             raise ValueError(f"rate_per_second must be positive, got {rate_per_second!r}")
-        burst = 1.0 if burst is None else float(burst)
-        if not burst > 0:
-            raise ValueError(f"burst must be positive, got {burst!r}")
+        if not window_seconds > 0 or margin_seconds < 0:
+            raise ValueError("window_seconds must be positive and margin_seconds not negative")
         self.rate = float(rate_per_second)
-        self.burst = burst
-        self._clock = clock
-        self._sleep = sleep
+        self.capacity = self.rate * window_seconds  # units allowed per window
+        self.span = window_seconds + margin_seconds
+        self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
-        self._balance = burst  # may go negative: units reserved by callers still waiting
-        self._updated = clock()
-
-    def _refill(self, now: float) -> None:
-        # Callers hold the lock. max() guards against a clock that steps back.
-        elapsed = max(0.0, now - self._updated)
-        self._balance = min(self.burst, self._balance + elapsed * self.rate)
-        self._updated = now
+        self._next_start = float("-inf")
+        self._started: deque[tuple[float, float]] = deque()  # (start time, units), oldest first
+        self._in_window = 0.0
 
     def acquire(self, units: float = 1.0) -> float:
-        """Block until `units` may be used; return the seconds waited.
+        """Block until a chunk of ``units`` may start; return the seconds waited.
 
-        Any positive size is allowed: sizes above `burst` just wait for the refill. Callers are served in the order
-        they called (their reservations queue on the balance), so a large request cannot be starved by small ones.
+        Callers are served in the order they called: each reserves its start time under the lock
+        and sleeps outside it.
         """
         if units < 0:
             raise ValueError(f"units must be >= 0, got {units!r}")
         with self._lock:
-            self._refill(self._clock())
-            self._balance -= units
-            wait = max(0.0, -self._balance / self.rate)
+            now = self._clock()
+            start = self._window_start(max(now, self._next_start), units)
+            self._started.append((start, units))
+            self._in_window += units
+            self._next_start = start + units / self.rate
+        wait = start - now
         if wait > 0:
-            self._sleep(wait)  # outside the lock, so other callers can queue their reservations meanwhile
-        return wait
+            self._sleep(wait)
+        return max(wait, 0.0)
 
-    def try_acquire(self, units: float = 1.0) -> bool:
-        """Take `units` now if they are available without waiting; never blocks.
+    def _window_start(self, start: float, units: float) -> float:
+        """The earliest time from ``start`` at which the window has room for ``units`` (caller holds the lock)."""
+        self._forget_before(start - self.span)
+        while self._started and self._in_window + units > self.capacity:
+            oldest, _ = self._started[0]
+            start = max(start, oldest + self.span)  # wait for the oldest start to leave the window
+            self._forget_before(start - self.span)
+        return start
 
-        Returns False while anyone is queued, and always for `units > burst` (use `acquire` for those).
-        """
-        if units < 0:
-            raise ValueError(f"units must be >= 0, got {units!r}")
-        with self._lock:
-            self._refill(self._clock())
-            if self._balance < units:
-                return False
-            self._balance -= units
-            return True
+    def _forget_before(self, horizon: float) -> None:
+        while self._started and self._started[0][0] <= horizon:
+            self._in_window -= self._started.popleft()[1]

@@ -2,7 +2,7 @@
 
 Each round of :meth:`ChannelDispatcher.step` claims a batch of due messages (so two dispatchers
 never take the same row), passes it through the policy gate (skip with a reason, or defer past
-quiet hours), then sends what is left in provider-sized chunks paced by a token bucket (SMS by
+quiet hours), then sends what is left in provider-sized chunks paced by :class:`SendPacer` (SMS by
 segments) and records each chunk's results before sending the next. A process killed mid-batch
 therefore loses at most the answers of one chunk: those rows stay ``sending`` until their lease
 expires, become ``unknown`` and are reconciled by asking the provider (:meth:`reconcile`), never
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from channels.base import ChannelAdapter, ChannelError, LookupUnsupported, Outcome, OutgoingMessage, SendResult
-from channels.ratelimit import TokenBucket
+from channels.ratelimit import SendPacer
 from loyalty import outbox
 from loyalty.consent import AddressFact, Fact, apply_facts
 from loyalty.db import fetch_rows
@@ -42,6 +42,13 @@ _KNOWN_FACTS = {f.value for f in Fact}
 #: Chunks per second when paced: small chunks keep every one-second window at or under the rate.
 _CHUNKS_PER_SECOND = 10
 _RECORD_EVERY = 50
+
+
+def _paced_chunk(rate: float) -> int:
+    """Messages per paced chunk: about a tenth of a second's worth, dividing the rate so that one-second
+    windows fill exactly (a chunk of 2 at 21/s would leave a unit of every second unused)."""
+    whole = max(1, int(rate))
+    return max(d for d in range(1, max(1, whole // _CHUNKS_PER_SECOND) + 1) if whole % d == 0)
 
 
 def outgoing(message: outbox.ClaimedMessage) -> OutgoingMessage:
@@ -96,10 +103,13 @@ class ChannelDispatcher:
         self.engine, self.adapter, self.settings, self.policy = engine, adapter, settings, policy
         self.channel = adapter.channel
         rate = rate_per_second or getattr(adapter, "rate_per_second", None) or adapter.default_rate_per_second
-        self.bucket = TokenBucket(rate) if paced else None
+        self.pacer = SendPacer(rate) if paced else None
         # Unpaced, results are recorded every provider batch, or every _RECORD_EVERY messages for providers
         # without batches (Twilio): one transaction per SMS would cost as much as the request itself.
-        per_chunk = max(1, int(rate // _CHUNKS_PER_SECOND)) if paced else max(adapter.max_batch, _RECORD_EVERY)
+        if not paced:
+            per_chunk = max(adapter.max_batch, _RECORD_EVERY)
+        else:  # one request per message (Twilio): pace each, since every message is its own request anyway
+            per_chunk = 1 if adapter.max_batch == 1 else _paced_chunk(rate)
         self.chunk_size = min(settings.claim_size, per_chunk)
         self.backoff = backoff or outbox.Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
         self.clock = clock
@@ -129,8 +139,8 @@ class ChannelDispatcher:
 
     def _send_chunk(self, chunk: Sequence[outbox.ClaimedMessage], stats: DispatchStats) -> None:
         messages = [outgoing(m) for m in chunk]
-        if self.bucket is not None:
-            self.bucket.acquire(sum(self.adapter.cost_units(m) for m in messages))
+        if self.pacer is not None:
+            self.pacer.acquire(sum(self.adapter.cost_units(m) for m in messages))
         results = self.adapter.send_batch(messages)
         recorded = outbox.record_results(
             self.engine, results, backoff=self.backoff, now=self.clock(),
