@@ -11,13 +11,14 @@ because its lines would contain the tokens.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.engine import Engine
 
 from loyalty.db import create_db_engine
 from loyalty.settings import Settings
-from loyalty.web import preferences, webhooks
+from loyalty.web import preferences, preview, webhooks
 from loyalty.web.context import WebContext, page_environment, sendgrid_verifier
 
 SECURITY_HEADERS = {
@@ -31,13 +32,19 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """The FastAPI application; builds an engine from ``settings.database_url`` unless given one."""
+def create_app(settings: Settings, engine: Engine | None = None, *, enable_preview: bool | None = None) -> FastAPI:
+    """The FastAPI application; builds an engine from ``settings.database_url`` unless given one.
+
+    The template preview (``/preview``, member data by id, no login) is mounted when
+    ``enable_preview`` is true, or by default when ``web.public_base_url`` is a loopback address.
+    """
     app = FastAPI(title="loyalflow", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.web = WebContext(settings=settings, engine=engine or create_db_engine(settings.database_url),
                                pages=page_environment(), sendgrid=sendgrid_verifier(settings))
     app.include_router(webhooks.router)
     app.include_router(preferences.router)
+    if enable_preview if enable_preview is not None else _loopback(settings.web.public_base_url):
+        app.include_router(preview.router)  # sets its own CSP: script-src 'self' for its reload script
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -52,3 +59,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _loopback(url: str) -> bool:
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
