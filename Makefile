@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_MEMBERS ?= 20000
 export PREFECT_HOME ?= $(CURDIR)/var/prefect
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-hillstrom install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/import_members.py
 	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/render.py
+	$(BIN)/python bench/score.py
+
+bench-hillstrom: $(STAMP)
+	$(BIN)/python bench/hillstrom.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -49,6 +49,16 @@ def make_engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
         admin.dispose()
 
 
+def database_url(engine: Engine) -> str:
+    """A URL another process (a CLI, a subprocess) can use to reach ``engine``'s database, schema included."""
+    url = engine.url
+    if url.get_backend_name() == "postgresql":  # carry the test's private schema along
+        with engine.connect() as connection:
+            schema = connection.exec_driver_sql("SELECT current_schema()").scalar_one()
+        url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """The database backend under test."""

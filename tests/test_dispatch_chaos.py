@@ -33,7 +33,7 @@ from loyalty.models import MEMBERS, OUTBOX_MESSAGES
 from loyalty.outbox import NewMessage, counts_by_status, enqueue
 from loyalty.types import utcnow
 from loyalty.web.app import create_app
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, database_url
 from tests.test_web_webhooks import make_settings, signed
 
 EMAILS, SMS = 16_000, 4_000
@@ -47,15 +47,6 @@ CHAOS = Faults(error_5xx_rate=0.10, rate_limit_rate=0.05, retry_after_s=1, drop_
 def emulator() -> Iterator[ProviderEmulator]:
     with ProviderEmulator(seed=11) as emu:
         yield emu
-
-
-def _database_url(engine: Engine) -> str:
-    url = engine.url
-    if url.get_backend_name() == "postgresql":  # carry the test's private schema to the subprocess
-        with engine.connect() as connection:
-            schema = connection.exec_driver_sql("SELECT current_schema()").scalar_one()
-        url = url.update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False)
 
 
 def _queue(engine: Engine) -> None:
@@ -79,7 +70,7 @@ def _queue(engine: Engine) -> None:
 
 def _environment(engine: Engine, emu: ProviderEmulator) -> dict[str, str]:
     return os.environ | {
-        "LOYALFLOW_DATABASE_URL": _database_url(engine),
+        "LOYALFLOW_DATABASE_URL": database_url(engine),
         "LOYALFLOW_CONFIG_FILE": os.devnull,
         "LOYALFLOW_SENDGRID__API_KEY": "SG.chaos-key", "LOYALFLOW_SENDGRID__HOST": emu.url,
         "LOYALFLOW_SENDGRID__MESSAGES_PER_SECOND": "1000000",
