@@ -7,6 +7,7 @@ to UCS-2 and more than doubles its cost.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,13 +74,30 @@ def _pack(costs: list[int], single: int, part: int) -> tuple[int, int]:
     return segments, part
 
 
+_NOT_GSM7 = re.compile("[^" + re.escape("".join(sorted(GSM7_BASIC | GSM7_EXTENSION))) + "]")
+_EXTENSION = re.compile("[" + re.escape("".join(sorted(GSM7_EXTENSION))) + "]")
+_GSM7: Encoding = "GSM-7"
+_UCS2: Encoding = "UCS-2"
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")  # two UTF-16 code units each (most emoji)
+
+
 def count_segments(text: str) -> SegmentInfo:
-    """Encoding, length and number of SMS segments for `text` (empty text is 0 segments)."""
-    offending = tuple(dict.fromkeys(ch for ch in text if gsm7_cost(ch) is None))
+    """Encoding, length and number of SMS segments for `text` (empty text is 0 segments).
+
+    Regex scans instead of a per-character loop: the renderer counts every SMS it makes.
+    Only text holding two-unit items (ESC pairs, surrogate pairs) needs the item-by-item packing.
+    """
+    offending = tuple(dict.fromkeys(_NOT_GSM7.findall(text)))
     if not offending:
-        costs = [gsm7_cost(ch) or 0 for ch in text]
-        segments, per_segment = _pack(costs, GSM7_SINGLE, GSM7_PART)
-        return SegmentInfo("GSM-7", sum(costs), segments, per_segment, ())
-    costs = [_utf16_units(ch) for ch in text]
-    segments, per_segment = _pack(costs, UCS2_SINGLE, UCS2_PART)
-    return SegmentInfo("UCS-2", sum(costs), segments, per_segment, offending)
+        doubles = len(_EXTENSION.findall(text))
+        single, part, encoding = GSM7_SINGLE, GSM7_PART, _GSM7
+    else:
+        doubles = len(_ASTRAL.findall(text))
+        single, part, encoding = UCS2_SINGLE, UCS2_PART, _UCS2
+    units = len(text) + doubles
+    if units <= single or not doubles:
+        segments = 0 if units == 0 else 1 if units <= single else -(-units // part)
+        return SegmentInfo(encoding, units, segments, single if segments <= 1 else part, offending)
+    cost = gsm7_cost if encoding == "GSM-7" else _utf16_units
+    segments, per_segment = _pack([cost(ch) or 0 for ch in text], single, part)
+    return SegmentInfo(encoding, units, segments, per_segment, offending)
