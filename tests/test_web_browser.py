@@ -6,15 +6,10 @@ Chromium or Playwright is missing.
 
 from __future__ import annotations
 
-import importlib.util
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
@@ -23,22 +18,13 @@ from loyalty.programme import Programme, sync_catalogue
 from loyalty.settings import WebSettings
 from loyalty.tokens import preferences_url
 from loyalty.web.app import create_app
+from tests.browser import CHROMIUM, browser_needed, free_port, served
 from tests.conftest import REPO_ROOT, make_engine
 from tests.test_delivery_events import consent, new_member
 from tests.test_web_webhooks import make_settings
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "preferences.png"
-INSTALL_HINT = "install Chromium: apt-get install -y chromium (and pip install playwright)"
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() or importlib.util.find_spec("playwright") is None, reason=INSTALL_HINT)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+pytestmark = browser_needed
 
 
 @pytest.fixture
@@ -55,19 +41,8 @@ def server(sqlite_engine: Engine) -> Iterator[WebSettings]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = make_settings(web=WebSettings(public_base_url=base, secret_key=SecretStr("browser-secret")))
-    config = uvicorn.Config(create_app(settings, sqlite_engine), host="127.0.0.1", port=port,
-                            log_level="warning", access_log=False)
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uvicorn_server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield settings.web
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(settings, sqlite_engine), port):
+        yield settings.web
 
 
 def test_untick_sms_and_save(server: WebSettings, sqlite_engine: Engine) -> None:

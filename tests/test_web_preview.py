@@ -6,31 +6,24 @@ see the page reload by itself). Skipped when Chromium or Playwright is missing.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from loyalty.settings import WebSettings
 from loyalty.web.app import create_app
+from tests.browser import CHROMIUM, browser_needed, free_port, served
 from tests.conftest import REPO_ROOT
 from tests.test_delivery_events import new_member
-from tests.test_web_browser import free_port, sqlite_engine  # noqa: F401  (fixture)
+from tests.test_web_browser import sqlite_engine  # noqa: F401  (fixture)
 from tests.test_web_webhooks import make_settings
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "preview.png"
-INSTALL_HINT = "install Chromium: apt-get install -y chromium (and pip install playwright)"
-browser_needed = pytest.mark.skipif(
-    not CHROMIUM.exists() or importlib.util.find_spec("playwright") is None, reason=INSTALL_HINT)
 
 
 @pytest.fixture
@@ -50,19 +43,8 @@ def server(sqlite_engine: Engine, templates_copy: Path) -> Iterator[str]:  # noq
     """The app served by uvicorn in a thread; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    config = uvicorn.Config(create_app(preview_settings(base, templates_copy), sqlite_engine),  # type: ignore[arg-type]
-                            host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uvicorn_server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield base
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(preview_settings(base, templates_copy), sqlite_engine), port):  # type: ignore[arg-type]
+        yield base
 
 
 def test_preview_is_off_on_public_hosts_and_keeps_a_strict_csp(engine: Engine, templates_copy: Path) -> None:
