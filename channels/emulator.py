@@ -34,7 +34,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -119,7 +119,7 @@ class ProviderEmulator:
         self.fcm_service_accounts: dict[str, tuple[bytes, str]] = {}
         self.fcm_access_tokens: dict[str, str] = {}  # issued bearer token -> project_id
         self._listeners: list[Listener] = []
-        self.routes: list[Route] = _provider_routes() + _LOOKUP_ROUTES
+        self.routes: list[Route] = _provider_routes()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -383,27 +383,6 @@ def _make_handler(emulator: ProviderEmulator) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
     return _Handler
-
-
-# -- emulator-only lookups -------------------------------------------------------------------
-
-
-def _lookup_emails(emu: ProviderEmulator, req: EmulatorRequest, _: re.Match[str]) -> EmulatorResponse:
-    name = req.query.get("custom_arg", [""])[0]
-    value = req.query.get("value", [""])[0]
-    return EmulatorResponse.json(200, [asdict(e) for e in emu.find_email(name, value)])
-
-
-def _lookup_sms(emu: ProviderEmulator, req: EmulatorRequest, _: re.Match[str]) -> EmulatorResponse:
-    to = req.query.get("to", [""])[0]
-    body = req.query.get("body", [None])[0]
-    return EmulatorResponse.json(200, [asdict(s) for s in emu.find_sms(to, body)])
-
-
-_LOOKUP_ROUTES = [
-    Route("GET", re.compile(r"/_emulator/emails"), _lookup_emails),
-    Route("GET", re.compile(r"/_emulator/sms"), _lookup_sms),
-]
 
 
 def _provider_routes() -> list[Route]:

@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from channels.emulator_records import EmulatorRequest, EmulatorResponse, RecordedEmail, Route
@@ -197,7 +198,15 @@ def activity_messages(emu: ProviderEmulator, req: EmulatorRequest, _: re.Match[s
     return EmulatorResponse.json(200, {"messages": messages})
 
 
+def lookup_emails(emu: ProviderEmulator, req: EmulatorRequest, _: re.Match[str]) -> EmulatorResponse:
+    """Emulator-only ``GET /_emulator/emails?custom_arg=NAME&value=VALUE``: recorded emails, no faults."""
+    name = req.query.get("custom_arg", [""])[0]
+    value = req.query.get("value", [""])[0]
+    return EmulatorResponse.json(200, [asdict(e) for e in emu.find_email(name, value)])
+
+
 ROUTES = [
     Route("POST", re.compile(r"/v3/mail/send"), mail_send, fault_response),
     Route("GET", re.compile(r"/v3/messages"), activity_messages, fault_response),
+    Route("GET", re.compile(r"/_emulator/emails"), lookup_emails),
 ]

@@ -12,6 +12,7 @@ import binascii
 import re
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
@@ -179,7 +180,15 @@ def _since(values: list[str]) -> float:
 
 
 _ACCOUNT = rf"/{API_VERSION}/Accounts/(?P<account>[^/]+)"
+def lookup_sms(emu: ProviderEmulator, req: EmulatorRequest, _: re.Match[str]) -> EmulatorResponse:
+    """Emulator-only ``GET /_emulator/sms?to=NUMBER[&body=TEXT]``: recorded SMS, no faults."""
+    to = req.query.get("to", [""])[0]
+    body = req.query.get("body", [None])[0]
+    return EmulatorResponse.json(200, [asdict(s) for s in emu.find_sms(to, body)])
+
+
 ROUTES = [
+    Route("GET", re.compile(r"/_emulator/sms"), lookup_sms),
     Route("POST", re.compile(_ACCOUNT + r"/Messages\.json"), create_message, fault_response),
     Route("GET", re.compile(_ACCOUNT + r"/Messages\.json"), list_messages, fault_response),
     Route(
