@@ -143,10 +143,11 @@ def _read(path: Path, model: type[SQLModel] | type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: " + _describe(exc)) from None
+        raise ConfigError(f"{path}: " + describe_validation_error(exc)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
+    """Every error of ``exc`` as ``field.path: message``, joined: what a config file's author needs."""
     parts = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
@@ -162,7 +163,7 @@ def load_programme(config_dir: Path) -> Programme:
     try:
         return Programme(**base.model_dump(), tiers=tiers, offers=offers.offers)
     except ValidationError as exc:
-        raise ConfigError(f"{config_dir}/offers.yaml: " + _describe(exc)) from None
+        raise ConfigError(f"{config_dir}/offers.yaml: " + describe_validation_error(exc)) from None
 
 
 def sync_catalogue(session: Session, programme: Programme) -> None:

@@ -1,0 +1,119 @@
+"""A campaign's audience in SQL: balanced id ranges to fan out over, and the member ids in one range.
+
+Only the filters SQL can answer are applied here — tiers, activity windows on
+``members.last_purchase_at``, locales, points balance, join date — plus reachability: the member
+is opted in on at least one of the campaign's channels *and* has an address there that is not
+suppressed. Behavioural segments need the scored features, so the campaign flow applies
+``audience.segments`` after scoring. Both functions run one statement however many members match,
+and work the same on SQLite and PostgreSQL.
+
+Ranges are half-open ``(lo, hi)``: ``lo <= id < hi``, as in :mod:`loyalty.features_query`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from loyalty.campaigns import Audience, CampaignSpec
+from loyalty.db import fetch_rows
+from loyalty.models import CHANNEL_CONSENTS, MEMBERS, PUSH_SUBSCRIPTIONS, SUPPRESSIONS
+from loyalty.types import Channel, as_utc
+
+m = MEMBERS
+
+
+def _not_suppressed(channel: Channel, address: Any) -> sa.ColumnElement[bool]:
+    blocked = sa.select(SUPPRESSIONS.c.id).where(SUPPRESSIONS.c.channel == channel,
+                                                 SUPPRESSIONS.c.address == address)
+    # Nested two levels deep: correlate to members (and push_subscriptions) explicitly.
+    return ~sa.exists(blocked.correlate_except(SUPPRESSIONS))
+
+
+def _reachable_on(channel: Channel) -> sa.ColumnElement[bool]:
+    """The member has an address on ``channel`` that is not suppressed (correlated on ``members``)."""
+    if channel is Channel.EMAIL:
+        # Suppressions store emails lower-cased (loyalty.consent.normalise_address).
+        return sa.and_(m.c.email.is_not(None), _not_suppressed(channel, sa.func.lower(m.c.email)))
+    if channel is Channel.SMS:
+        return sa.and_(m.c.phone.is_not(None), _not_suppressed(channel, m.c.phone))
+    p = PUSH_SUBSCRIPTIONS
+    live = sa.select(p.c.id).where(p.c.member_id == m.c.id, _not_suppressed(channel, p.c.endpoint))
+    return sa.exists(live.correlate_except(p))
+
+
+def _contactable(channels: list[Channel]) -> sa.ColumnElement[bool]:
+    """Opted in on at least one of ``channels`` and reachable on that same channel."""
+    c = CHANNEL_CONSENTS
+    per_channel = [sa.and_(c.c.channel == channel, _reachable_on(channel)) for channel in channels]
+    consent = sa.select(c.c.id).where(c.c.member_id == m.c.id, c.c.opted_in.is_(True), sa.or_(*per_channel))
+    return sa.exists(consent.correlate_except(c))
+
+
+def _locale(locale: str) -> sa.ColumnElement[bool]:
+    # A bare language ("fr") matches every region of it ("fr_CA", "fr_FR").
+    if "_" in locale:
+        return m.c.locale == locale
+    return sa.or_(m.c.locale == locale, m.c.locale.startswith(f"{locale}_", autoescape=True))
+
+
+def _member_filters(audience: Audience, as_of: datetime) -> list[sa.ColumnElement[bool]]:
+    """The audience's SQL-expressible conditions on ``members`` as of ``as_of``."""
+    conditions: list[sa.ColumnElement[bool]] = [m.c.joined_at <= as_of]  # a re-run of a slot sees the same people
+    if audience.tiers:
+        conditions.append(m.c.tier.in_(audience.tiers))
+    # Members who never bought match neither window: they are neither active nor lapsing.
+    if audience.active_within_days is not None:
+        conditions.append(m.c.last_purchase_at >= as_of - timedelta(days=audience.active_within_days))
+    if audience.inactive_for_days is not None:
+        conditions.append(m.c.last_purchase_at < as_of - timedelta(days=audience.inactive_for_days))
+    if audience.locales:
+        conditions.append(sa.or_(*(_locale(locale) for locale in audience.locales)))
+    if audience.min_points is not None:
+        conditions.append(m.c.points_balance >= audience.min_points)
+    if audience.max_points is not None:
+        conditions.append(m.c.points_balance <= audience.max_points)
+    if audience.joined_within_days is not None:
+        conditions.append(m.c.joined_at >= as_of - timedelta(days=audience.joined_within_days))
+    return conditions
+
+
+def audience_filter(spec: CampaignSpec, *, as_of: datetime) -> sa.ColumnElement[bool]:
+    """The whole SQL side of ``spec``'s audience, as one condition on ``members``."""
+    as_of = as_utc(as_of)
+    return sa.and_(*_member_filters(spec.audience, as_of), _contactable(spec.channels))
+
+
+def audience_ranges(engine: Engine, spec: CampaignSpec, *, as_of: datetime,
+                    chunk_size: int) -> list[tuple[int, int]]:
+    """Half-open id ranges, each holding ``chunk_size`` matching members (the last one fewer).
+
+    Ranges are cut on matching members, not raw ids, so chunks stay even however sparse the
+    audience is; one statement numbers the matches and keeps every ``chunk_size``-th id.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    numbered = (sa.select(m.c.id, sa.func.row_number().over(order_by=m.c.id).label("n"),
+                          sa.func.max(m.c.id).over().label("last"))
+                .where(audience_filter(spec, as_of=as_of)).subquery())
+    query = (sa.select(numbered.c.id, numbered.c.last)
+             .where((numbered.c.n - 1) % chunk_size == 0).order_by(numbered.c.id))
+    with engine.connect() as connection:
+        rows = fetch_rows(connection, query)
+    if not rows:
+        return []
+    starts = [int(row[0]) for row in rows]
+    ends = [*starts[1:], int(rows[0][1]) + 1]
+    return list(zip(starts, ends, strict=True))
+
+
+def audience_ids(connection: sa.Connection, spec: CampaignSpec, id_range: tuple[int, int], *,
+                 as_of: datetime) -> list[int]:
+    """Ids (ascending) of members in ``[lo, hi)`` matching ``spec``'s SQL-expressible audience."""
+    lo, hi = id_range
+    query = (sa.select(m.c.id).where(m.c.id >= lo, m.c.id < hi, audience_filter(spec, as_of=as_of))
+             .order_by(m.c.id))
+    return [int(row[0]) for row in fetch_rows(connection, query)]
