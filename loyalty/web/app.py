@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from loyalty.db import create_db_engine
 from loyalty.settings import Settings
-from loyalty.web import preferences, preview, webhooks
+from loyalty.web import events, preferences, preview, webhooks
 from loyalty.web.context import WebContext, page_environment, sendgrid_verifier
 
 SECURITY_HEADERS = {
@@ -42,6 +42,7 @@ def create_app(settings: Settings, engine: Engine | None = None, *, enable_previ
     app.state.web = WebContext(settings=settings, engine=engine or create_db_engine(settings.database_url),
                                pages=page_environment(), sendgrid=sendgrid_verifier(settings))
     app.include_router(webhooks.router)
+    app.include_router(events.router)  # POST /events/transactions, bearer-token authenticated
     app.include_router(preferences.router)
     if enable_preview if enable_preview is not None else _loopback(settings.web.public_base_url):
         app.include_router(preview.router)  # sets its own CSP: script-src 'self' for its reload script
