@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -34,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from loyalty.programme import ConfigError, Programme, describe_validation_error
+from loyalty.programme import ConfigError, Programme, describe_validation_error, read_yaml
 from loyalty.rendering import CHANNEL_FILES
 from loyalty.settings import PolicySettings
 from loyalty.types import Channel
@@ -350,12 +349,7 @@ def _next_times(cron: Cron, after: datetime, zone: ZoneInfo, count: int) -> list
 
 
 def _read_spec(path: Path, programme: Programme, templates_dir: Path | None) -> CampaignSpec:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: (top level): expected a mapping of campaign fields")
     if "name" in data:

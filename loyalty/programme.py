@@ -133,13 +133,18 @@ class Programme(_Strict):
         return math.floor(amount_cents / 100 * self.earn.points_per_unit * multiplier * tier_multiplier)
 
 
-def _read(path: Path, model: type[SQLModel] | type[BaseModel]) -> Any:
+def read_yaml(path: Path) -> Any:
+    """The parsed YAML of a config file, or a ConfigError naming the file (missing, or not YAML)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _read(path: Path, model: type[SQLModel] | type[BaseModel]) -> Any:
+    data = read_yaml(path)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
