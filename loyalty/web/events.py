@@ -126,7 +126,7 @@ class TransactionEvent(BaseModel):
 
 
 _BATCH: TypeAdapter[list[TransactionEvent]] = TypeAdapter(
-    Annotated[list[TransactionEvent], Field(min_length=1, max_length=MAX_BATCH)])  # type: ignore[arg-type]
+    Annotated[list[TransactionEvent], Field(min_length=1, max_length=MAX_BATCH)])  # type: ignore[arg-type,unused-ignore]
 
 
 class InvalidEvents(ValueError):
