@@ -141,7 +141,8 @@ class SendGridAdapter(ChannelAdapter):
 
     @classmethod
     def from_settings(
-        cls, settings: SendGridSettings, *, unsubscribe_url_for: UnsubscribeUrlFor | None = None
+        cls, settings: SendGridSettings, *, unsubscribe_url_for: UnsubscribeUrlFor | None = None,
+        timeout: float = 10.0,
     ) -> SendGridAdapter:
         """Build the adapter from `Settings.sendgrid`; raises ValueError when no API key is configured."""
         if settings.api_key is None:
@@ -152,6 +153,7 @@ class SendGridAdapter(ChannelAdapter):
             from_email=settings.from_email,
             from_name=settings.from_name,
             sandbox_mode=settings.sandbox_mode,
+            timeout=timeout,
             unsubscribe_url_for=unsubscribe_url_for,
             rate_per_second=settings.messages_per_second,
         )

@@ -127,7 +127,8 @@ class TwilioSmsAdapter(ChannelAdapter):
         self.client = Client(account_sid, auth_token, http_client=self._http)
 
     @classmethod
-    def from_settings(cls, settings: TwilioSettings, status_callback_url: str | None = None) -> TwilioSmsAdapter:
+    def from_settings(cls, settings: TwilioSettings, status_callback_url: str | None = None, *,
+                      timeout: float = 10.0) -> TwilioSmsAdapter:
         """Build from the app settings; ValueError when the account SID or auth token is missing."""
         if not settings.account_sid or settings.auth_token is None:
             raise ValueError("Twilio account_sid and auth_token are not configured (use the sandbox instead)")
@@ -138,6 +139,7 @@ class TwilioSmsAdapter(ChannelAdapter):
             from_number=settings.from_number,
             base_url=settings.base_url,
             status_callback_url=status_callback_url,
+            timeout=timeout,
             rate_per_second=settings.segments_per_second,
         )
 

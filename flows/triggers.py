@@ -90,7 +90,7 @@ def tier_upgrade_deployment_trigger(*, enabled: bool = True) -> DeploymentEventT
 
 def _library() -> TemplateLibrary:
     rt = jobs.runtime()
-    return TemplateLibrary(rt.settings.templates_dir, web=rt.settings.web, programme=rt.programme)
+    return TemplateLibrary.from_settings(rt.settings, rt.programme)
 
 
 def _merge(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:

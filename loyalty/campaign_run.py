@@ -87,7 +87,7 @@ def load_spec(rt: jobs.Runtime, campaign: str) -> CampaignSpec:
 
 def template_library(rt: jobs.Runtime) -> TemplateLibrary:
     """The template library of ``rt``'s settings."""
-    return TemplateLibrary(rt.settings.templates_dir, web=rt.settings.web, programme=rt.programme)
+    return TemplateLibrary.from_settings(rt.settings, rt.programme)
 
 
 # -- planning and lint ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def _app(ctx: typer.Context) -> AppContext:
 def _library(app_ctx: AppContext) -> TemplateLibrary:
     from loyalty.rendering import TemplateLibrary
 
-    return TemplateLibrary(app_ctx.settings.templates_dir, web=app_ctx.settings.web, programme=app_ctx.programme)
+    return TemplateLibrary.from_settings(app_ctx.settings, app_ctx.programme)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

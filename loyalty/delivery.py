@@ -46,9 +46,8 @@ def twilio_status_callback(settings: Settings) -> str:
 def _email(settings: Settings, emulator: ProviderEmulator | None) -> ChannelAdapter:
     config, timeout = settings.sendgrid, settings.dispatch.request_timeout_seconds
     if emulator is None:
-        adapter = SendGridAdapter.from_settings(config)
-        adapter.timeout = timeout
-        return adapter
+        # The timeout must reach the client at construction: setting it afterwards changes nothing.
+        return SendGridAdapter.from_settings(config, timeout=timeout)
     return SendGridAdapter(SANDBOX_SENDGRID_KEY, host=emulator.url, from_email=config.from_email,
                            from_name=config.from_name, timeout=timeout, rate_per_second=SANDBOX_RATE_PER_SECOND)
 
@@ -56,7 +55,8 @@ def _email(settings: Settings, emulator: ProviderEmulator | None) -> ChannelAdap
 def _sms(settings: Settings, emulator: ProviderEmulator | None) -> ChannelAdapter:
     callback = twilio_status_callback(settings)
     if emulator is None:
-        return TwilioSmsAdapter.from_settings(settings.twilio, status_callback_url=callback)
+        return TwilioSmsAdapter.from_settings(settings.twilio, status_callback_url=callback,
+                                              timeout=settings.dispatch.request_timeout_seconds)
     return TwilioSmsAdapter(emulator.TWILIO_ACCOUNT_SID, emulator.TWILIO_AUTH_TOKEN, base_url=emulator.url,
                             from_number=settings.twilio.from_number or SANDBOX_FROM_NUMBER,
                             status_callback_url=callback, timeout=settings.dispatch.request_timeout_seconds,

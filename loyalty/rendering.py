@@ -43,7 +43,7 @@ from loyalty.rendering_filters import LOCALE_FILTERS, formatter
 from loyalty.rendering_sandbox import MessageSandbox, RenderLimitExceeded, current_budget, end_budget, start_budget
 from loyalty.rendering_source import FIELD_PREFIX, TEXT, LocalisedLoader, join_name, push_fields, split_name
 from loyalty.rendering_types import VIEW_TYPES, ProgrammeView, RenderContext
-from loyalty.settings import WebSettings
+from loyalty.settings import Settings, WebSettings
 from loyalty.tokens import preferences_url, unsubscribe_url
 
 __all__ = ["CHANNELS", "BrokenLink", "ChannelLimit", "RenderLimits", "Rendered", "SandboxViolation",
@@ -126,6 +126,11 @@ class TemplateLibrary:
         self._utm_cache: dict[tuple[str, str, str | None], str] = {}
         self._programme = ProgrammeView(programme.name if programme else "Rewards",
                                         programme.currency if programme else "CAD")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, programme: Programme | None, **options: Any) -> TemplateLibrary:
+        """The library of ``settings.templates_dir``, linking with ``settings.web``."""
+        return cls(settings.templates_dir, web=settings.web, programme=programme, **options)
 
     # -- public API -------------------------------------------------------------------------------------------
 

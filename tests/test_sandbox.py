@@ -10,15 +10,18 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
+from channels.email_sendgrid import SendGridAdapter
 from channels.sandbox import sandbox_browser_keys
+from channels.sms_twilio import TwilioSmsAdapter
 from loyalty.db import session_scope
 from loyalty.delivery import needs_sandbox, open_channels
 from loyalty.dispatch import dispatch
 from loyalty.models import PushSubscription
 from loyalty.outbox import NewMessage, enqueue
-from loyalty.settings import DispatchSettings, Settings
+from loyalty.settings import DispatchSettings, SendGridSettings, Settings, TwilioSettings
 from loyalty.types import PushKind
 from tests.factories import add_contactable_member, queue
 
@@ -62,3 +65,17 @@ def test_sandbox_mailbox_holds_what_members_would_get(engine: Engine, settings: 
     with engine.connect() as connection:
         statuses = connection.execute(sa.text("SELECT DISTINCT status FROM outbox_messages")).scalars().all()
     assert statuses == ["sent"]
+
+
+def test_configured_providers_get_their_real_adapters_with_the_request_timeout(settings: Settings) -> None:
+    configured = settings.model_copy(update={
+        "sendgrid": SendGridSettings(api_key=SecretStr("SG.real"), host="http://127.0.0.1:9"),
+        "twilio": TwilioSettings(account_sid="AC" + "1" * 32, auth_token=SecretStr("tok"), from_number="+15005550006",
+                                 base_url="http://127.0.0.1:9"),
+        "dispatch": DispatchSettings(request_timeout_seconds=3.5)})
+    with open_channels(configured) as opened:
+        assert opened.sandboxed == {"push"}
+        email, sms = opened.adapters["email"], opened.adapters["sms"]
+        assert isinstance(email, SendGridAdapter) and email.host == "http://127.0.0.1:9"
+        assert email._client.client.timeout == 3.5
+        assert isinstance(sms, TwilioSmsAdapter) and sms._http.timeout == 3.5

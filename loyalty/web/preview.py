@@ -57,8 +57,7 @@ def _library(request: Request, ctx: WebContext) -> TemplateLibrary:
     library = getattr(request.app.state, "preview_library", None)
     if library is None:
         programme = load_programme(ctx.settings.config_dir)
-        library = TemplateLibrary(ctx.settings.templates_dir, web=ctx.settings.web, programme=programme,
-                                  auto_reload=True)
+        library = TemplateLibrary.from_settings(ctx.settings, programme, auto_reload=True)
         request.app.state.preview_library = library
     return library
 
