@@ -18,6 +18,7 @@ applies its verdicts through :func:`loyalty.outbox.skip` and :func:`loyalty.outb
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from loyalty.outbox import ClaimedMessage
 from loyalty.settings import PolicySettings
 from loyalty.types import OutboxStatus, as_utc
 
+log = logging.getLogger(__name__)
 #: Statuses that mean a message reached (or may have reached) the member, for the frequency cap.
 _COUNTED = (OutboxStatus.SENT, OutboxStatus.DELIVERED, OutboxStatus.BOUNCED, OutboxStatus.UNKNOWN)
 
@@ -52,7 +54,9 @@ def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        # An unknown zone must not block sending; Toronto is the programme's home market.
+        # An unknown zone must not block sending; Toronto is the programme's home market. Said once per
+        # zone name (the cache), so the member data can be fixed.
+        log.warning("unknown time zone %r: quiet hours use America/Toronto", name)
         return ZoneInfo("America/Toronto")
 
 
