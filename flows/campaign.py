@@ -19,7 +19,7 @@ from prefect.utilities.annotations import unmapped
 
 from loyalty import campaign_run as cr
 from loyalty import jobs
-from loyalty.audience import audience_ranges
+from loyalty.audience import audience_ranges, audience_size
 from loyalty.delivery import open_channels
 from loyalty.dispatch import dispatch
 from loyalty.send_policy import SendPolicy
@@ -63,11 +63,13 @@ def campaign_run(campaign: str, slot: datetime | None = None, dispatch: bool = T
     """Run ``campaign`` for ``slot`` (default: this flow run's scheduled time); returns the totals."""
     rt = jobs.runtime()
     spec = cr.load_spec(rt, campaign)
+    cr.check_supported(spec)
     cr.check_templates(cr.template_library(rt), spec)  # refuse before anything is planned or queued
     when = as_utc(slot) if slot else _default_slot()
-    run_id = cr.plan_run(rt.engine, spec, when)
+    planned = audience_size(rt.engine, spec, as_of=when)
+    run_id = cr.plan_run(rt.engine, spec, when, audience=planned)
     ranges = audience_ranges(rt.engine, spec, as_of=when, chunk_size=chunk_size or rt.settings.chunk_size)
-    totals: Counter[str] = Counter(run_id=run_id, chunks=len(ranges))
+    totals: Counter[str] = Counter(run_id=run_id, chunks=len(ranges), planned_audience=planned)
     for counts in process_chunk_task.map(unmapped(run_id), ranges).result():
         totals.update(counts)
     cr.finish_run(rt.engine, run_id, dict(totals))

@@ -110,6 +110,13 @@ def audience_ranges(engine: Engine, spec: CampaignSpec, *, as_of: datetime,
     return list(zip(starts, ends, strict=True))
 
 
+def audience_size(engine: Engine, spec: CampaignSpec, *, as_of: datetime) -> int:
+    """How many members match ``spec``'s SQL-expressible audience as of ``as_of``."""
+    with engine.connect() as connection:
+        return int(connection.scalar(sa.select(sa.func.count()).select_from(m)
+                                     .where(audience_filter(spec, as_of=as_of))) or 0)
+
+
 def audience_ids(connection: sa.Connection, spec: CampaignSpec, id_range: tuple[int, int], *,
                  as_of: datetime) -> list[int]:
     """Ids (ascending) of members in ``[lo, hi)`` matching ``spec``'s SQL-expressible audience."""

@@ -9,10 +9,10 @@ channel, renders, and writes assignments and outbox rows in ONE transaction. Bot
 rows already there (``ON CONFLICT DO NOTHING`` on ``(run_id, member_id)`` and on the outbox key
 ``campaign:{run_id}:{member_id}``), so a retried or re-run chunk adds nothing twice.
 
-Deliberately simple in this first version (see the issue): behavioural ``audience.segments`` and
-``budget_cents`` are not applied; ``member_local`` schedules get no per-member ``not_before``;
-offer cooldowns are not checked; quiet hours and the frequency cap are left to the send policy
-at dispatch time.
+Offers are chosen by :mod:`loyalty.campaign_offers` (eligibility, recommender, the chunk's share
+of the budget). A ``member_local`` schedule gives each message a ``not_before`` at that wall-clock
+time in the member's own zone. Quiet hours and the frequency cap are the send policy's, applied at
+dispatch time. Behavioural ``audience.segments`` are not applied yet: a spec using them is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -31,27 +32,23 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from loyalty import jobs
+from loyalty import campaign_offers, jobs
 from loyalty.audience import audience_ids
-from loyalty.campaigns import CampaignSpec, Recommender, Variant, load_campaigns
-from loyalty.db import fetch_rows
-from loyalty.features_query import load_member_rows
-from loyalty.models import CAMPAIGN_ASSIGNMENTS, CAMPAIGN_RUNS, CAMPAIGNS, MEMBERS
+from loyalty.campaigns import CampaignSpec, Variant, load_campaigns
+from loyalty.models import CAMPAIGN_ASSIGNMENTS, CAMPAIGN_RUNS, CAMPAIGNS
 from loyalty.outbox import NewMessage, enqueue
 from loyalty.render_context import build_contexts, offer_view
 from loyalty.rendering import TemplateError, TemplateLibrary
 from loyalty.rendering_sandbox import end_budget, start_budget
 from loyalty.rendering_types import CampaignView, RenderContext
+from loyalty.send_policy import member_zone
 from loyalty.template_lint import ERROR, Finding, has_errors, message_findings
 from loyalty.trigger_channels import UNKNOWN_MEMBER, choose_channel
 from loyalty.types import RunStatus, as_utc, utcnow
-from recommenders import registry
-from recommenders.features import build_features
 
 HOLDOUT = "holdout"
 #: The arm of a treated member when the campaign has neither an offer nor variants.
 MESSAGE = "message"
-NO_ELIGIBLE_OFFER = "no_eligible_offer"
 NO_POINTS_EXPIRING = "no_points_expiring"
 #: This template talks about points expiring: members with none expiring are dropped (see its campaign file).
 _EXPIRY_TEMPLATE = "points_expiring"
@@ -85,15 +82,42 @@ def load_spec(rt: jobs.Runtime, campaign: str) -> CampaignSpec:
     return specs[campaign]
 
 
+_LIBRARIES: dict[tuple[Path, int, tuple[tuple[str, int], ...]], TemplateLibrary] = {}
+
+
+def _fingerprint(root: Path) -> tuple[tuple[str, int], ...]:
+    """Every template file with its mtime: a cached library is reused only while nothing changed."""
+    return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()))
+
+
 def template_library(rt: jobs.Runtime) -> TemplateLibrary:
-    """The template library of ``rt``'s settings."""
-    return TemplateLibrary.from_settings(rt.settings, rt.programme)
+    """The template library of ``rt``'s settings, compiled once per process and template edit.
+
+    Chunks reuse it (compiling every template per chunk costs more than rendering a chunk), and
+    the fingerprint makes an edit between runs visible to a long-lived worker.
+    """
+    root = rt.settings.templates_dir
+    key = (root, id(rt.programme), _fingerprint(root))
+    if key not in _LIBRARIES:
+        _LIBRARIES.clear()  # only the current version is worth keeping
+        _LIBRARIES[key] = TemplateLibrary.from_settings(rt.settings, rt.programme)
+    return _LIBRARIES[key]
+
+
+def check_supported(spec: CampaignSpec) -> None:
+    """Refuse what a run cannot honour yet, rather than silently widening the audience."""
+    if spec.audience.segments:
+        raise ValueError(f"campaign {spec.name!r}: audience.segments is not supported by campaign runs yet; "
+                         "remove it or express the audience with tiers, activity windows, locales and points")
 
 
 # -- planning and lint ---------------------------------------------------------------------------------------------
 
-def plan_run(engine: Engine, spec: CampaignSpec, slot: datetime) -> int:
-    """Get or create the campaign and its run for ``slot``; returns the run id (the same one on a re-run)."""
+def plan_run(engine: Engine, spec: CampaignSpec, slot: datetime, *, audience: int | None = None) -> int:
+    """Get or create the campaign and its run for ``slot``; returns the run id (the same one on a re-run).
+
+    ``audience`` (the members the run will cover) is recorded so each chunk can take its share of the budget.
+    """
     slot, now = as_utc(slot), utcnow()
     with engine.begin() as connection:
         insert = _insert(connection)
@@ -108,8 +132,10 @@ def plan_run(engine: Engine, spec: CampaignSpec, slot: datetime) -> int:
         r = CAMPAIGN_RUNS.c
         run_id: int = connection.execute(sa.select(r.id)
                                          .where(r.campaign_id == campaign_id, r.slot == slot)).scalar_one()
+        planned = {"stats": {"planned_audience": audience}} if audience is not None else {}
         connection.execute(sa.update(CAMPAIGN_RUNS).where(r.id == run_id)
-                           .values(status=RunStatus.RUNNING, started_at=sa.func.coalesce(r.started_at, now)))
+                           .values(status=RunStatus.RUNNING, started_at=sa.func.coalesce(r.started_at, now),
+                                   **planned))
     return int(run_id)
 
 
@@ -166,62 +192,37 @@ def split_arms(spec: CampaignSpec, ids: Sequence[int]) -> tuple[list[int], dict[
     return holdout, treated
 
 
-def eligible_offers(session: Session, rt: jobs.Runtime, spec: CampaignSpec, ids: Sequence[int]) -> dict[int, list[str]]:
-    """Per member, the campaign's offers their tier qualifies for, in the spec's order."""
-    offers = {o.code: o for o in rt.programme.offers}
-    tiers = rt.programme.tiers
-    rows = fetch_rows(session, sa.select(MEMBERS.c.id, MEMBERS.c.tier).where(MEMBERS.c.id.in_(list(ids))))
-    floor = {c: tiers.rank(offers[c].min_tier or tiers.tiers[0].code) for c in spec.offers}
-    return {int(mid): [c for c in spec.offers if tiers.rank(tier) >= floor[c]] for mid, tier in rows}
-
-
-def latest_artifact(rt: jobs.Runtime) -> registry.ModelArtifact | None:
-    """The newest uplift artifact under ``var/models``, or None when nothing was trained yet."""
-    directory = rt.settings.var_dir / "models"
-    cards = registry.list_cards(directory) if directory.is_dir() else []
-    if not cards:
-        return None
-    return registry.load(directory / f"{cards[-1].name}-{cards[-1].version}.joblib")
-
-
-def uplift_offers(session: Session, rt: jobs.Runtime, artifact: registry.ModelArtifact,
-                  eligible: dict[int, list[str]], as_of: datetime) -> dict[int, str | None]:
-    """Per member, the eligible offer of highest predicted conversion lift (first eligible if none scored)."""
-    ids = sorted(eligible)
-    raw = load_member_rows(session.connection(), rt.programme, id_range=(ids[0], ids[-1] + 1), as_of=as_of)
-    categories = list(rt.programme.earn.category_multipliers)
-    features, _ = build_features(raw[raw["member_id"].isin(ids)], categories=categories)
-    lifts = registry.score(artifact, features)
-    column = {arm: k for k, arm in enumerate(lifts.arms)}
-    chosen: dict[int, str | None] = {mid: (codes[0] if codes else None) for mid, codes in eligible.items()}
-    for row, mid in enumerate(int(i) for i in features.index):
-        scored = [(float(lifts.conversion[row, column[c]]), c) for c in eligible.get(mid, []) if c in column]
-        if scored:
-            chosen[mid] = max(scored)[1]
-    return chosen
-
-
-def choose_offers(session: Session, rt: jobs.Runtime, spec: CampaignSpec, ids: Sequence[int],
-                  as_of: datetime) -> dict[int, str | None]:
-    """Per treated member, the offer to send: uplift when an artifact exists, else rules (first eligible)."""
-    if not spec.offers or not ids:
-        return dict.fromkeys(ids)
-    eligible = eligible_offers(session, rt, spec, ids)
-    artifact = latest_artifact(rt) if spec.recommender is Recommender.UPLIFT else None
-    if artifact is not None:
-        return uplift_offers(session, rt, artifact, eligible, as_of)
-    return {mid: (codes[0] if codes else None) for mid, codes in eligible.items()}
-
-
 # -- one chunk -----------------------------------------------------------------------------------------------------
 
-def _run_info(engine: Engine, run_id: int) -> tuple[str, datetime]:
-    """(campaign name, slot) of run ``run_id``."""
+@dataclass(frozen=True)
+class RunInfo:
+    campaign: str
+    slot: datetime
+    planned_audience: int | None
+
+
+def _run_info(engine: Engine, run_id: int) -> RunInfo:
+    """What a chunk needs to know about its run."""
     r, c = CAMPAIGN_RUNS.c, CAMPAIGNS.c
     with engine.connect() as connection:
-        name, slot = connection.execute(sa.select(c.name, r.slot).join(CAMPAIGNS, c.id == r.campaign_id)
-                                        .where(r.id == run_id)).one()
-    return str(name), as_utc(slot)
+        name, slot, stats = connection.execute(sa.select(c.name, r.slot, r.stats)
+                                               .join(CAMPAIGNS, c.id == r.campaign_id).where(r.id == run_id)).one()
+    planned = stats.get("planned_audience") if isinstance(stats, dict) else None
+    return RunInfo(str(name), as_utc(slot), int(planned) if planned else None)
+
+
+def member_local_time(spec: CampaignSpec, zone_name: str, slot: datetime) -> datetime | None:
+    """For a ``member_local`` schedule, the first time at that wall clock in the member's zone at or after
+    ``slot`` (UTC); None for a shared cron slot."""
+    at = spec.schedule.member_local
+    if at is None:
+        return None
+    zone = member_zone(zone_name)
+    local = slot.astimezone(zone)
+    candidate = datetime.combine(local.date(), at, tzinfo=zone)
+    if candidate.astimezone(slot.tzinfo) < slot:
+        candidate = datetime.combine(local.date() + timedelta(days=1), at, tzinfo=zone)
+    return as_utc(candidate)
 
 
 def _subject(library: TemplateLibrary, variant: Variant | None, context: RenderContext) -> str | None:
@@ -236,8 +237,8 @@ def _subject(library: TemplateLibrary, variant: Variant | None, context: RenderC
         end_budget(token)
 
 
-def _message(library: TemplateLibrary, spec: CampaignSpec, run_id: int, item: Treated, recipient: Any,
-             context: RenderContext) -> NewMessage:
+def _message(library: TemplateLibrary, spec: CampaignSpec, run: tuple[int, datetime], item: Treated,
+             recipient: Any, context: RenderContext) -> NewMessage:
     """Render one treated member's message (raises TemplateError or jinja2.TemplateError)."""
     template = (item.variant.template if item.variant else None) or spec.template
     rendered = library.render(template, recipient.channel, context)
@@ -245,10 +246,12 @@ def _message(library: TemplateLibrary, spec: CampaignSpec, run_id: int, item: Tr
     subject = _subject(library, item.variant, context) if recipient.channel == "email" else None
     if subject:
         content["subject"] = subject
+    run_id, slot = run
     tags = {"campaign": spec.name, "run_id": str(run_id), "variant": item.variant.name if item.variant else ""}
     return NewMessage(key=f"campaign:{run_id}:{item.member_id}", member_id=item.member_id,
                       channel=recipient.channel, template=template, run_id=run_id, offer_code=item.offer,
-                      payload=recipient.payload(content, rendered.headers, tags))
+                      payload=recipient.payload(content, rendered.headers, tags),
+                      not_before=member_local_time(spec, context.member.time_zone, slot))
 
 
 def _contexts(session: Session, rt: jobs.Runtime, spec: CampaignSpec, treated: Sequence[Treated],
@@ -277,7 +280,7 @@ def _treat(session: Session, rt: jobs.Runtime, library: TemplateLibrary, spec: C
             counts[f"skipped:{reason}"] += 1
             continue
         try:
-            messages.append(_message(library, spec, run_id, item, recipient, context))
+            messages.append(_message(library, spec, (run_id, as_of), item, recipient, context))
         except (TemplateError, jinja2.TemplateError):  # left unassigned: a re-run after the fix sends it
             counts["render_errors"] += 1
             continue
@@ -309,22 +312,34 @@ def _write(session: Session, rows: list[dict[str, Any]], messages: list[NewMessa
     counts["already_queued"] += len(messages) - new
 
 
+def _budget_share(spec: CampaignSpec, run: RunInfo, chunk_audience: int) -> float | None:
+    """This chunk's share of the run's budget: proportional to its part of the planned audience."""
+    if spec.budget_cents is None:
+        return None
+    if not run.planned_audience:
+        return float(spec.budget_cents)  # planned without a count (a direct call): the chunk is the run
+    return spec.budget_cents * chunk_audience / run.planned_audience
+
+
 def process_chunk(run_id: int, id_range: jobs.IdRange, *, rt: jobs.Runtime | None = None,
                   spec: CampaignSpec | None = None) -> dict[str, int]:
     """Assign, choose, render and queue the run's audience in ``[lo, hi)``; one transaction. Returns counts."""
     rt = rt or jobs.runtime()
-    name, slot = _run_info(rt.engine, run_id)
-    spec = spec or load_spec(rt, name)
+    run = _run_info(rt.engine, run_id)
+    spec = spec or load_spec(rt, run.campaign)
+    check_supported(spec)
     counts: Counter[str] = Counter()
     with Session(rt.engine, expire_on_commit=False) as session:
-        ids = audience_ids(session.connection(), spec, id_range, as_of=slot)
+        ids = audience_ids(session.connection(), spec, id_range, as_of=run.slot)
         holdout, variants = split_arms(spec, ids)
-        offers = choose_offers(session, rt, spec, sorted(variants), slot)
-        treated = [Treated(mid, variants[mid], offers.get(mid)) for mid in sorted(variants)
-                   if offers.get(mid) or not spec.offers]
+        choice = campaign_offers.choose(session, rt, spec, sorted(variants), run.slot,
+                                        budget_cents=_budget_share(spec, run, len(ids)))
+        treated = [Treated(mid, variants[mid], choice.offers.get(mid)) for mid in sorted(variants)
+                   if mid in choice.offers or not spec.offers]
         counts.update(audience=len(ids), holdout=len(holdout), treated=len(variants))
-        counts[f"skipped:{NO_ELIGIBLE_OFFER}"] += len(variants) - len(treated)
-        messages = _treat(session, rt, template_library(rt), spec, run_id, treated, slot, counts)
+        counts.update({f"skipped:{reason}": n for reason, n in choice.dropped.items()})
+        counts.update(f"offer:{t.offer}" for t in treated if t.offer)
+        messages = _treat(session, rt, template_library(rt), spec, run_id, treated, run.slot, counts)
         _write(session, _assignments(run_id, holdout, messages, variants, utcnow()), messages, counts)
         session.commit()
     return {k: v for k, v in counts.items() if v}

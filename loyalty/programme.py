@@ -101,6 +101,7 @@ class _ProgrammeFile(_Strict):
     name: str
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     point_value_cents: float = Field(gt=0)
+    margin_per_conversion_cents: float = Field(default=3000, gt=0)
     earn: EarnRules
     expiry: ExpiryRules
 
@@ -111,6 +112,8 @@ class Programme(_Strict):
     name: str
     currency: str
     point_value_cents: float
+    #: Gross margin of one incremental purchase: what the offer policy weighs an offer's cost against.
+    margin_per_conversion_cents: float = 3000
     earn: EarnRules
     expiry: ExpiryRules
     tiers: TierRules

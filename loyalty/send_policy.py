@@ -50,7 +50,8 @@ class Verdicts:
 
 
 @lru_cache(maxsize=512)
-def _zone(name: str) -> ZoneInfo:
+def member_zone(name: str) -> ZoneInfo:
+    """The member's time zone; an unknown name falls back to the programme's home zone (logged once)."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -71,7 +72,7 @@ def in_quiet_hours(local: time, start: time, end: time) -> bool:
 
 def quiet_hours_end(now: datetime, zone_name: str, start: time, end: time) -> datetime | None:
     """When the quiet window containing ``now`` ends for a member in ``zone_name`` (UTC); None if not quiet."""
-    zone = _zone(zone_name)
+    zone = member_zone(zone_name)
     local = as_utc(now).astimezone(zone)
     if not in_quiet_hours(local.time(), start, end):
         return None
