@@ -101,12 +101,19 @@ def latest_artifact(rt: jobs.Runtime) -> registry.ModelArtifact | None:
 
 def _model_values(session: Session, rt: jobs.Runtime, spec: CampaignSpec, artifact: registry.ModelArtifact,
                   ids: Sequence[int], book: OfferBook, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
-    """(value, expected cost), each (n, k) in cents, from the artifact's predictions for ``ids``."""
+    """(value, expected cost), each (n, k) in cents, from the artifact's predictions for ``ids``.
+
+    A member with no feature row (joined at the slot itself) gets NaN: no offer can be valued for them.
+    """
     raw = load_member_rows(session.connection(), rt.programme, id_range=(ids[0], ids[-1] + 1), as_of=as_of)
     features, _ = build_features(raw[raw["member_id"].isin(ids)],
                                  categories=list(rt.programme.earn.category_multipliers))
-    matrix = conform(features.loc[list(ids)], artifact.card.feature_schema)
-    lift, redeem = artifact.model.predict_conversion(matrix)
+    rows = features.index.get_indexer(list(ids))
+    scored = np.flatnonzero(rows >= 0)
+    matrix = conform(features.iloc[rows[scored]], artifact.card.feature_schema)
+    lift = np.full((len(ids), len(artifact.model.arms_)), np.nan)
+    redeem = lift.copy()
+    lift[scored], redeem[scored] = artifact.model.predict_conversion(matrix)
     column = {arm: j for j, arm in enumerate(artifact.model.arms_)}
     missing = [c for c in book.codes if c not in column]
     if missing:
@@ -143,6 +150,7 @@ def choose(session: Session, rt: jobs.Runtime, spec: CampaignSpec, ids: Sequence
         log.warning("campaign %s: no trained model yet, choosing offers by the rules", spec.name)
     value, cost = (_model_values(session, rt, spec, artifact, ids, book, as_of) if artifact is not None
                    else _rule_values(len(ids), book))
+    mask &= ~np.isnan(value)
     unbounded = choose_offers(value, mask)
     decision = unbounded if budget_cents is None else choose_offers(value, mask, cost=cost, budget=budget_cents)
     has_eligible = mask.any(axis=1)
