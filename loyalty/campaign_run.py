@@ -18,6 +18,7 @@ dispatch time. Behavioural ``audience.segments`` are not applied yet: a spec usi
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +46,8 @@ from loyalty.send_policy import member_zone
 from loyalty.template_lint import ERROR, Finding, has_errors, message_findings
 from loyalty.trigger_channels import UNKNOWN_MEMBER, choose_channel
 from loyalty.types import RunStatus, as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 HOLDOUT = "holdout"
 #: The arm of a treated member when the campaign has neither an offer nor variants.
@@ -281,7 +284,8 @@ def _treat(session: Session, rt: jobs.Runtime, library: TemplateLibrary, spec: C
             continue
         try:
             messages.append(_message(library, spec, (run_id, as_of), item, recipient, context))
-        except (TemplateError, jinja2.TemplateError):  # left unassigned: a re-run after the fix sends it
+        except (TemplateError, jinja2.TemplateError) as exc:  # left unassigned: a re-run after the fix sends it
+            log.warning("campaign %s, member %s: not rendered: %s", spec.name, item.member_id, exc)
             counts["render_errors"] += 1
             continue
         counts[f"channel:{recipient.channel}"] += 1

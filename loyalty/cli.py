@@ -30,6 +30,7 @@ from rich.progress import (
 )
 from sqlalchemy.engine import Engine
 
+from loyalty.cli_campaigns import campaigns_app
 from loyalty.cli_models import evaluate_app, models_app
 from loyalty.cli_outbox import outbox_app
 from loyalty.cli_templates import templates_app
@@ -49,7 +50,7 @@ points_app = typer.Typer(help="Points ledger maintenance.", no_args_is_help=True
 tiers_app = typer.Typer(help="Tier evaluation.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (import_app, "import"), (members_app, "members"),
                   (points_app, "points"), (tiers_app, "tiers"), (outbox_app, "outbox"), (templates_app, "templates"),
-                  (evaluate_app, None), (models_app, "models")):  # evaluate_app: `evaluate` and `train` at the top
+                  (evaluate_app, None), (models_app, "models"), (campaigns_app, "campaigns")):  # evaluate_app: `evaluate` and `train` at the top
     app.add_typer(sub, name=name)
 
 

@@ -108,8 +108,25 @@ def app_env(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]
     """Point the process-wide runtime (used by flows and the CLI) at the test database."""
     from loyalty import jobs
 
-    monkeypatch.setenv("LOYALFLOW_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("LOYALFLOW_DATABASE_URL", database_url(engine))  # with the PostgreSQL test schema
     monkeypatch.setenv("LOYALFLOW_CONFIG_DIR", str(REPO_ROOT / "config"))
     jobs.runtime.cache_clear()
     yield engine
     jobs.runtime.cache_clear()
+
+
+@pytest.fixture
+def flow_env(app_env: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """``app_env`` with var/ (and the sandbox) in ``tmp_path``, no quiet hours (tests may run at night), no
+    flow heartbeats."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from loyalty import jobs
+
+    monkeypatch.setenv("LOYALFLOW_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("LOYALFLOW_TEMPLATES_DIR", str(REPO_ROOT / "templates"))
+    monkeypatch.setenv("LOYALFLOW_POLICY__QUIET_HOURS_START", "00:00")
+    monkeypatch.setenv("LOYALFLOW_POLICY__QUIET_HOURS_END", "00:00")
+    jobs.runtime.cache_clear()
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield app_env

@@ -72,7 +72,7 @@ def test_holdout_variants_and_rerun_of_a_slot(engine: Engine, programme: Program
     with engine.connect() as connection:
         variants = dict(connection.execute(sa.select(CAMPAIGN_ASSIGNMENTS.c.variant, sa.func.count())
                                            .group_by(CAMPAIGN_ASSIGNMENTS.c.variant)).all())
-    assert variants[None] == totals["holdout"] and variants["A"] + variants["B"] == totals["treated"]
+    assert variants[None] == totals["holdout"] and variants["A"] + variants["B"] == totals["treated"], totals
     assert abs(variants["A"] - 0.3 * totals["treated"]) < 4 * math.sqrt(totals["treated"] * 0.3 * 0.7)
     assert totals["queued"] == totals["treated"] == _count(engine, OUTBOX_MESSAGES, OUTBOX_MESSAGES.c.run_id == run_id)
     assert _count(engine, OUTBOX_MESSAGES, OUTBOX_MESSAGES.c.offer_code == "bonus_500") == totals["queued"]
@@ -111,25 +111,90 @@ def test_template_lint_failure_refuses(programme: Programme, tmp_path: Path) -> 
     cr.check_templates(cr.template_library(_runtime(None, programme)), spec)  # type: ignore[arg-type]
 
 
-@pytest.mark.usefixtures("prefect_api")
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_campaign_flow_sends_once_per_slot(app_env: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.campaign import campaign_run
+FLOW_SPEC = """
+description: Flow test campaign
+offers: [bonus_500]
+holdout_share: 0.2
+channels: [email]
+template: offers/bonus_500
+variants:
+  - {name: A, weight: 0.5, subject: "Hi {{ member.first_name }}"}
+  - {name: B, weight: 0.5, subject: "Bonus points inside"}
+schedule: {cron: "0 10 * * mon", timezone: America/Toronto}
+quiet_hours: {start: "%s", end: "%s"}
+frequency_cap: {count: 1, window_hours: 168}
+"""
 
-    monkeypatch.setenv("LOYALFLOW_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("LOYALFLOW_TEMPLATES_DIR", str(REPO_ROOT / "templates"))
-    for edge in ("START", "END"):  # no quiet hours: the test must send whatever the hour
-        monkeypatch.setenv(f"LOYALFLOW_POLICY__QUIET_HOURS_{edge}", "10:00")
-    with Session(app_env) as session:
-        for _ in range(30):
-            add_contactable_member(session, channels=("email",), joined_at=utcnow() - timedelta(days=1))
-        session.commit()
+
+def _config_with(tmp_path: Path, name: str, spec: str) -> Path:
+    """A copy of the shipped config/ with one more campaign file."""
+    config = tmp_path / "config"
+    shutil.copytree(REPO_ROOT / "config", config)
+    (config / "campaigns" / f"{name}.yaml").write_text(spec, encoding="utf-8")
+    return config
+
+
+def _quiet_in_tokyo() -> tuple[str, str]:
+    """Quiet hours around Tokyo's current time: Tokyo members are deferred, Toronto ones (13-14 h behind) are not."""
+    from zoneinfo import ZoneInfo
+
+    here = utcnow().astimezone(ZoneInfo("Asia/Tokyo"))
+    return f"{(here - timedelta(hours=1)):%H:%M}", f"{(here + timedelta(hours=1)):%H:%M}"
+
+
+def _mark_recently_messaged(engine: Engine, member_ids: list[int]) -> None:
+    """A marketing message sent to each of ``member_ids`` a day ago (by another campaign's run)."""
+    other = cr.plan_run(engine, CampaignSpec.model_validate({**SPEC, "name": "earlier"}), utcnow() - timedelta(days=1))
+    sent = utcnow() - timedelta(days=1)
+    with engine.begin() as connection:
+        connection.execute(sa.insert(OUTBOX_MESSAGES), [
+            {"key": f"earlier:{i}", "run_id": other, "member_id": i, "channel": Channel.EMAIL, "template": "x",
+             "payload": {}, "status": OutboxStatus.SENT, "attempts": 1, "created_at": sent, "updated_at": sent,
+             "sent_at": sent} for i in member_ids])
+
+
+def _outcomes(engine: Engine, run_id: int) -> dict[tuple[str, str | None], int]:
+    """(status, skip reason) → messages of the run."""
+    o = OUTBOX_MESSAGES.c
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(o.status, o.skip_reason, sa.func.count()).where(o.run_id == run_id)
+                                  .group_by(o.status, o.skip_reason)).all()
+    return {(str(status), reason): int(n) for status, reason, n in rows}
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_campaign_flow_end_to_end(flow_env: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holdout, variants, quiet hours and the frequency cap through the real flow; a re-run sends nothing new."""
+    from flows.campaign import campaign_run
+    from loyalty import jobs
+
+    monkeypatch.setenv("LOYALFLOW_CONFIG_DIR", str(_config_with(tmp_path, "flow_test", FLOW_SPEC % _quiet_in_tokyo())))
+    jobs.runtime.cache_clear()
+    _members(flow_env, 400)
+    with flow_env.begin() as connection:  # the last 100 members live in Tokyo
+        connection.execute(sa.update(MEMBERS).where(MEMBERS.c.id > 300).values(time_zone="Asia/Tokyo"))
+    capped = list(range(1, 61))
+    _mark_recently_messaged(flow_env, capped)
     slot = utcnow()
-    first = campaign_run("new_member_bonus", slot=slot, chunk_size=10)
-    sent = _count(app_env, OUTBOX_MESSAGES, OUTBOX_MESSAGES.c.status == OutboxStatus.SENT)
-    assert first["audience"] == 30 and first["chunks"] == 3
-    assert sent == first["queued"] == first["treated"] == first["sent:email"] > 0
-    second = campaign_run("new_member_bonus", slot=slot, chunk_size=10)
-    assert second["run_id"] == first["run_id"] and second.get("queued", 0) == 0
-    assert "sent:email" not in second
-    assert _count(app_env, OUTBOX_MESSAGES) == sent
+    first = campaign_run("flow_test", slot=slot, chunk_size=150)
+    run_id = first["run_id"]
+    assert first["audience"] == first["planned_audience"] == 400 and first["chunks"] == 3
+    assert abs(first["holdout"] - 80) < 4 * math.sqrt(400 * 0.2 * 0.8)
+    with flow_env.connect() as connection:
+        a = CAMPAIGN_ASSIGNMENTS.c
+        treated = {int(i): v for i, v in connection.execute(
+            sa.select(a.member_id, a.variant).where(a.run_id == run_id, a.arm != "holdout")).all()}
+    assert len(treated) == first["treated"] == first["queued"]
+    assert abs(sum(v == "A" for v in treated.values()) - len(treated) / 2) < 4 * math.sqrt(len(treated) / 4)
+    tokyo = sum(i > 300 for i in treated)
+    over_cap = sum(i in capped for i in treated)
+    outcomes = _outcomes(flow_env, run_id)
+    assert outcomes[("pending", None)] == tokyo == first["deferred:email"]  # quiet hours: later, not dropped
+    assert outcomes[("skipped", "frequency_cap")] == over_cap == first["send_skipped:frequency_cap"]
+    assert outcomes[("sent", None)] == len(treated) - tokyo - over_cap == first["sent:email"]
+    eml = list((tmp_path / "var" / "sandbox").rglob("*.eml"))
+    assert len(eml) == first["sent:email"]
+    second = campaign_run("flow_test", slot=slot, chunk_size=150)
+    assert second["run_id"] == run_id and second.get("queued", 0) == 0 and "sent:email" not in second
+    assert _outcomes(flow_env, run_id) == outcomes
+    assert len(list((tmp_path / "var" / "sandbox").rglob("*.eml"))) == len(eml)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -19,21 +16,6 @@ from loyalty.web.events import EVENTS_PATH, events_token
 from tests.factories import add_contactable_member
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-# The flows are backend-agnostic; the ledger and triggers they call are tested on both backends.
-SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def flow_env(app_env: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    """``app_env`` with the sandbox in ``tmp_path``, no quiet hours (the test may run at night), no heartbeats."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    monkeypatch.setenv("LOYALFLOW_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("LOYALFLOW_POLICY__QUIET_HOURS_START", "00:00")
-    monkeypatch.setenv("LOYALFLOW_POLICY__QUIET_HOURS_END", "00:00")
-    jobs.runtime.cache_clear()
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield app_env
 
 
 def _member(engine: Engine, **fields: object) -> tuple[int, str]:
@@ -49,7 +31,6 @@ def _outbox(engine: Engine) -> list[tuple[str, str, str]]:
         return [tuple(row) for row in connection.execute(sa.select(o.key, o.channel, o.status).order_by(o.id))]
 
 
-@SQLITE
 def test_a_posted_purchase_crossing_silver_sends_exactly_one_message(flow_env: Engine) -> None:
     from flows.triggers import send_tier_upgrades
 
@@ -74,7 +55,6 @@ def test_a_posted_purchase_crossing_silver_sends_exactly_one_message(flow_env: E
     assert len(_outbox(flow_env)) == 1 and len(list((settings.sandbox_dir / "email").glob("*.eml"))) == 1
 
 
-@SQLITE
 def test_a_lost_dispatch_is_sent_by_the_next_sweep(flow_env: Engine) -> None:
     from flows.triggers import send_tier_upgrades
     from loyalty.rendering import TemplateLibrary
@@ -94,7 +74,6 @@ def test_a_lost_dispatch_is_sent_by_the_next_sweep(flow_env: Engine) -> None:
     assert [status for _, _, status in _outbox(flow_env)] == ["sent"]
 
 
-@SQLITE
 def test_welcome_is_sent_once(flow_env: Engine) -> None:
     from flows.triggers import send_welcome
 
@@ -103,7 +82,6 @@ def test_welcome_is_sent_once(flow_env: Engine) -> None:
     assert (again := send_welcome([member_id]))["already_queued"] == 1 and again["sent"] == 0
 
 
-@SQLITE
 def test_points_expiring_flow_runs_over_id_ranges(flow_env: Engine) -> None:
     from flows.triggers import send_points_expiring
 
