@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
+import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -198,3 +202,64 @@ def test_campaign_flow_end_to_end(flow_env: Engine, tmp_path: Path, monkeypatch:
     assert second["run_id"] == run_id and second.get("queued", 0) == 0 and "sent:email" not in second
     assert _outcomes(flow_env, run_id) == outcomes
     assert len(list((tmp_path / "var" / "sandbox").rglob("*.eml"))) == len(eml)
+
+
+RESUME_SPEC = """
+description: Resume test campaign
+offers: [bonus_500]
+holdout_share: 0.1
+channels: [email]
+template: offers/bonus_500
+schedule: {cron: "0 10 * * mon", timezone: America/Toronto}
+"""
+
+
+def _kill_midway(command: list[str], env: dict[str, str], engine: Engine, audience: int) -> int:
+    """Start ``command``, SIGKILL it once some but not all chunks are committed; the assignments it left."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            done = _count(engine, CAMPAIGN_ASSIGNMENTS)
+            if done > 0:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    left = _count(engine, CAMPAIGN_ASSIGNMENTS)
+    assert 0 < left < audience, "the run must be killed part-way through its chunks"
+    return left
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_killed_run_resumes_without_duplicates(flow_env: Engine, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL ``loyalflow campaigns run`` mid-way; running the slot again completes it, each member once."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.campaign import campaign_run
+    from loyalty import jobs
+
+    monkeypatch.setenv("LOYALFLOW_CONFIG_DIR", str(_config_with(tmp_path, "resume_test", RESUME_SPEC)))
+    jobs.runtime.cache_clear()
+    _members(flow_env, 1200)
+    slot = utcnow().replace(microsecond=0)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    command = [str(REPO_ROOT / ".venv" / "bin" / "loyalflow"), "campaigns", "run", "resume_test",
+               "--slot", slot.isoformat(), "--chunk-size", "30"]
+    if not Path(command[0]).exists():
+        command[0] = shutil.which("loyalflow") or pytest.skip("the loyalflow script is not installed")
+    left = _kill_midway(command, env, flow_env, 1200)
+    totals = campaign_run("resume_test", slot=slot, chunk_size=30)
+    assert totals["audience"] == 1200 and totals["assigned"] == 1200 - left
+    with flow_env.connect() as connection:
+        a, o = CAMPAIGN_ASSIGNMENTS.c, OUTBOX_MESSAGES.c
+        per_member = connection.execute(sa.select(a.member_id, sa.func.count()).group_by(a.member_id)).all()
+        sent = connection.execute(sa.select(sa.func.count()).where(o.status == OutboxStatus.SENT)).scalar_one()
+        treated = connection.execute(sa.select(sa.func.count()).where(a.arm != "holdout")).scalar_one()
+    assert len(per_member) == 1200 and {n for _, n in per_member} == {1}
+    assert sent == treated == _count(flow_env, OUTBOX_MESSAGES)
+    assert len(list((tmp_path / "var" / "sandbox").rglob("*.eml"))) == sent
