@@ -17,8 +17,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.utilities.annotations import unmapped
 
+from loyalty import campaign_offers, jobs
 from loyalty import campaign_run as cr
-from loyalty import jobs
 from loyalty.audience import audience_ranges, audience_size
 from loyalty.delivery import open_channels
 from loyalty.dispatch import dispatch
@@ -64,6 +64,7 @@ def campaign_run(campaign: str, slot: datetime | None = None, dispatch: bool = T
     rt = jobs.runtime()
     spec = cr.load_spec(rt, campaign)
     cr.check_supported(spec)
+    campaign_offers.check_model(campaign_offers.latest_artifact(rt), spec)
     cr.check_templates(cr.template_library(rt), spec)  # refuse before anything is planned or queued
     when = as_utc(slot) if slot else _default_slot()
     planned = audience_size(rt.engine, spec, as_of=when)

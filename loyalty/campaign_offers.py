@@ -99,6 +99,17 @@ def latest_artifact(rt: jobs.Runtime) -> registry.ModelArtifact | None:
     return _load_artifact(path, path.stat().st_mtime_ns)
 
 
+def check_model(artifact: registry.ModelArtifact | None, spec: CampaignSpec) -> None:
+    """Refuse a campaign whose offers the model cannot score (checked before a run starts, and per chunk)."""
+    if artifact is None or spec.recommender is Recommender.RULES:
+        return
+    missing = [c for c in spec.offers if c not in artifact.model.arms_]
+    if missing:
+        raise ValueError(f"campaign {spec.name!r}: the model {artifact.card.name}-{artifact.card.version} was not "
+                         f"trained on offer(s) {missing}; retrain it on a campaign that tried them, drop them "
+                         "from the campaign, or use the rules recommender")
+
+
 def _model_values(session: Session, rt: jobs.Runtime, spec: CampaignSpec, artifact: registry.ModelArtifact,
                   ids: Sequence[int], book: OfferBook, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
     """(value, expected cost), each (n, k) in cents, from the artifact's predictions for ``ids``.
@@ -114,11 +125,8 @@ def _model_values(session: Session, rt: jobs.Runtime, spec: CampaignSpec, artifa
     lift = np.full((len(ids), len(artifact.model.arms_)), np.nan)
     redeem = lift.copy()
     lift[scored], redeem[scored] = artifact.model.predict_conversion(matrix)
+    check_model(artifact, spec)
     column = {arm: j for j, arm in enumerate(artifact.model.arms_)}
-    missing = [c for c in book.codes if c not in column]
-    if missing:
-        raise ValueError(f"the uplift model {artifact.card.name}-{artifact.card.version} was not trained on "
-                         f"offer(s) {missing}; retrain it or use the rules recommender")
     pick = [column[c] for c in book.codes]
     lift, redeem = lift[:, pick], redeem[:, pick]
     cost = redeem * book.cost_cents[None, :]

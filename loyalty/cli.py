@@ -48,9 +48,10 @@ import_app = typer.Typer(help="Load members or transactions from CSV files.", no
 members_app = typer.Typer(help="Look up members.", no_args_is_help=True)
 points_app = typer.Typer(help="Points ledger maintenance.", no_args_is_help=True)
 tiers_app = typer.Typer(help="Tier evaluation.", no_args_is_help=True)
-for sub, name in ((db_app, "db"), (import_app, "import"), (members_app, "members"),
-                  (points_app, "points"), (tiers_app, "tiers"), (outbox_app, "outbox"), (templates_app, "templates"),
-                  (evaluate_app, None), (models_app, "models"), (campaigns_app, "campaigns")):  # evaluate_app: `evaluate` and `train` at the top
+# evaluate_app: `evaluate` and `train` at the top level.
+for sub, name in ((db_app, "db"), (import_app, "import"), (members_app, "members"), (points_app, "points"),
+                  (tiers_app, "tiers"), (outbox_app, "outbox"), (templates_app, "templates"), (evaluate_app, None),
+                  (models_app, "models"), (campaigns_app, "campaigns")):
     app.add_typer(sub, name=name)
 
 
@@ -259,6 +260,16 @@ def serve(ctx: typer.Context,
     serve_app(_ctx(ctx).settings, host=host, port=port)
 
 
+def prefect_environment(settings: Settings) -> None:
+    """Prefect's home under var/ and a patient start for its temporary server, unless the user set them.
+
+    Its first start migrates a fresh database, which on a busy 2-core machine outlasts Prefect's 20 s default.
+    """
+    os.environ.setdefault("PREFECT_HOME", str((settings.var_dir / "prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from a demo or a CLI run
+
+
 @app.command()
 def demo(ctx: typer.Context,
          members: Annotated[int, typer.Option(min=100, help="Members to seed if the database is empty.")] = 20_000
@@ -267,7 +278,8 @@ def demo(ctx: typer.Context,
     from loyalty.demo import run_demo
 
     app_ctx = _ctx(ctx)
-    os.environ.setdefault("PREFECT_HOME", str((app_ctx.settings.var_dir / "prefect").resolve()))
+    prefect_environment(app_ctx.settings)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own progress and summary
     run_demo(app_ctx, _programme(app_ctx), members=members, console=console)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -94,8 +93,10 @@ def run_command(
     dispatch: Annotated[bool, typer.Option(help="Send what the run queued.")] = True,
 ) -> None:
     """Run one slot of a campaign as a Prefect flow (Prefect's temporary server when none is configured)."""
+    from loyalty.cli import prefect_environment
+
     app_ctx = _app(ctx)
-    os.environ.setdefault("PREFECT_HOME", str((app_ctx.settings.var_dir / "prefect").resolve()))
+    prefect_environment(app_ctx.settings)
     if name not in _specs(app_ctx):
         console.print(f"[red]no campaign {name!r}[/]; known: {', '.join(sorted(_specs(app_ctx)))}")
         raise typer.Exit(1)

@@ -45,7 +45,7 @@ def test_shipped_campaigns_load_against_shipped_programme_and_templates(programm
     specs = load_campaigns(REPO_ROOT / "config" / "campaigns", programme, TEMPLATES)
     assert set(specs) == {"weekly_points_reminder", "win_back", "double_points_weekend", "new_member_bonus"}
     win_back = specs["win_back"]
-    assert win_back.offers == ["ten_percent_off", "five_dollars_off_fifty", "free_coffee"]
+    assert win_back.offers == ["ten_percent_off", "free_coffee", "bonus_500"]
     assert (win_back.recommender, win_back.holdout_share) == (Recommender.UPLIFT, 0.1)
     weekend = specs["double_points_weekend"]
     assert weekend.channels == [Channel.SMS, Channel.EMAIL]
