@@ -12,7 +12,8 @@ Ranges are half-open ``(lo, hi)``: ``lo <= id < hi``, as in :mod:`loyalty.featur
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import calendar
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,7 +79,26 @@ def _member_filters(audience: Audience, as_of: datetime) -> list[sa.ColumnElemen
         conditions.append(m.c.points_balance <= audience.max_points)
     if audience.joined_within_days is not None:
         conditions.append(m.c.joined_at >= as_of - timedelta(days=audience.joined_within_days))
+    if audience.birthday_within_days is not None:
+        conditions.append(_birthday_within(as_of.date(), audience.birthday_within_days))
     return conditions
+
+
+def birthday_days(start: date, days: int) -> set[tuple[int, int]]:
+    """(month, day) pairs whose birthdays fall in ``[start, start + days)``; 29 February counts on the 28th of
+    a common year."""
+    pairs = set()
+    for offset in range(days):
+        day = start + timedelta(days=offset)
+        pairs.add((day.month, day.day))
+        if (day.month, day.day) == (2, 28) and not calendar.isleap(day.year):
+            pairs.add((2, 29))
+    return pairs
+
+
+def _birthday_within(start: date, days: int) -> sa.ColumnElement[bool]:
+    month, day = sa.extract("month", m.c.birthday), sa.extract("day", m.c.birthday)
+    return sa.or_(*(sa.and_(month == mm, day == dd) for mm, dd in sorted(birthday_days(start, days))))
 
 
 def audience_filter(spec: CampaignSpec, *, as_of: datetime) -> sa.ColumnElement[bool]:

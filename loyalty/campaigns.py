@@ -102,6 +102,8 @@ class Audience(_Strict):
     min_points: int | None = Field(default=None, ge=0)
     max_points: int | None = Field(default=None, ge=0)
     joined_within_days: int | None = Field(default=None, gt=0)
+    birthday_within_days: int | None = Field(
+        default=None, gt=0, le=31, description="Birthday (month and day) within this many days from the slot's date.")
 
     @field_validator("tiers")
     @classmethod

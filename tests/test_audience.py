@@ -136,3 +136,24 @@ def test_no_match_means_no_ranges(engine: Engine, programme: Programme, session:
     assert audience_ranges(engine, _spec(programme), as_of=AS_OF, chunk_size=10) == []
     with pytest.raises(ValueError, match="chunk_size"):
         audience_ranges(engine, _spec(programme), as_of=AS_OF, chunk_size=0)
+
+
+def test_birthdays_within_days_including_leap_day(engine: Engine, programme: Programme) -> None:
+    from datetime import date
+
+    from loyalty.audience import birthday_days
+
+    assert birthday_days(date(2026, 2, 28), 1) == {(2, 28), (2, 29)}  # a common year: leap-day births today
+    assert birthday_days(date(2028, 2, 28), 1) == {(2, 28)}
+    assert birthday_days(date(2026, 12, 31), 2) == {(12, 31), (1, 1)}
+    slot = datetime(2026, 2, 28, 5, tzinfo=UTC)
+    with Session(engine) as session:
+        born = {name: add_contactable_member(session, joined_at=slot - timedelta(days=400), birthday=day).id
+                for name, day in {"today": date(1990, 2, 28), "leap_day": date(1992, 2, 29),
+                                  "tomorrow": date(1985, 3, 1), "unknown": None}.items()}
+        session.commit()
+    with engine.connect() as connection:
+        today = audience_ids(connection, _spec(programme, birthday_within_days=1), EVERYONE, as_of=slot)
+        week = audience_ids(connection, _spec(programme, birthday_within_days=7), EVERYONE, as_of=slot)
+    assert today == sorted([born["today"], born["leap_day"]])
+    assert week == sorted([born["today"], born["leap_day"], born["tomorrow"]])

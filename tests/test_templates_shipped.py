@@ -16,7 +16,8 @@ from tests.template_helpers import shipped_library
 
 NBSP = "\u00a0"
 PROGRAMME = load_programme(REPO_ROOT / "config")
-MESSAGES = [f"offers/{o.code}" for o in PROGRAMME.offers] + ["tier_upgrade", "welcome", "points_expiring", "win_back"]
+MESSAGES = [f"offers/{o.code}" for o in PROGRAMME.offers] + ["tier_upgrade", "welcome", "points_expiring", "win_back",
+                                                          "points_reminder", "birthday"]
 PERSONAS = list(personas(PROGRAMME))
 FRENCH = {"camille", "lea"}
 #: A phrase each message must say, per language (subject or text part of the email).
@@ -31,6 +32,8 @@ PHRASES = {
     "tier_upgrade": {"en": "You are now", "fr": "Vous êtes maintenant"},
     "points_expiring": {"en": "will expire on April 4, 2026", "fr": "expireront le 4 avril 2026"},
     "win_back": {"en": "We miss you", "fr": "Vous nous manquez"},
+    "points_reminder": {"en": "waiting", "fr": "vous attend"},
+    "birthday": {"en": "Happy birthday", "fr": "Joyeux anniversaire"},
 }
 POINTS = {"camille": f"1{NBSP}250 points", "olivia": "7,420 points", "lea": "80 points", "noah": "23,150 points",
           "mallory": "1 point"}
