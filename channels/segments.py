@@ -101,3 +101,34 @@ def count_segments(text: str) -> SegmentInfo:
     cost = gsm7_cost if encoding == "GSM-7" else _utf16_units
     segments, per_segment = _pack([cost(ch) or 0 for ch in text], single, part)
     return SegmentInfo(encoding, units, segments, per_segment, offending)
+
+
+_NOT_GSM_BASIC = re.compile("[^" + re.escape("".join(sorted(GSM7_BASIC))) + "]")
+_SQUEEZE = re.compile(r"\n{3,}")
+_BASIC_INFO: dict[int, SegmentInfo] = {}  # SegmentInfo is immutable: one per length is shared by every body
+
+
+def segments(body: str) -> SegmentInfo:
+    """:func:`count_segments`, with a fast path for the usual case: only basic GSM-7 characters (1 septet each)."""
+    if _NOT_GSM_BASIC.search(body):
+        return count_segments(body)
+    length = len(body)
+    info = _BASIC_INFO.get(length)
+    if info is None:
+        if length <= GSM7_SINGLE:
+            info = SegmentInfo(_GSM7, length, 1 if length else 0, GSM7_SINGLE, ())
+        else:
+            info = SegmentInfo(_GSM7, length, -(-length // GSM7_PART), GSM7_PART, ())
+        if length <= 10 * GSM7_SINGLE:  # bounded: bodies past any segment cap are not worth keeping
+            _BASIC_INFO[length] = info
+    return info
+
+
+def sms_text(text: str) -> str:
+    """Rendered SMS text tidied: no-break spaces (not GSM-7, from Babel) become spaces, runs of spaces one,
+    lines stripped, blank lines squeezed to one."""
+    # str.split() counts the no-break and thin spaces as whitespace, so splitting also replaces them.
+    if "\n" not in text:  # the usual one-line SMS: one split/join does it all
+        return " ".join(text.split())
+    lines = [" ".join(line.split()) for line in text.strip().splitlines()]
+    return _SQUEEZE.sub("\n\n", "\n".join(lines))

@@ -18,15 +18,14 @@ Shop links get UTM parameters (``utm_source``, ``utm_medium`` = channel, ``utm_c
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 
-from channels.segments import GSM7_BASIC, GSM7_PART, GSM7_SINGLE, SegmentInfo, count_segments
+from channels.segments import segments, sms_text
 from loyalty.programme import Programme
 from loyalty.rendering_errors import (
     BrokenLink,
@@ -40,49 +39,30 @@ from loyalty.rendering_errors import (
     translate,
 )
 from loyalty.rendering_filters import LOCALE_FILTERS, formatter
-from loyalty.rendering_sandbox import MessageSandbox, RenderLimitExceeded, current_budget, end_budget, start_budget
+from loyalty.rendering_sandbox import (
+    MessageSandbox,
+    RenderLimitExceeded,
+    current_budget,
+    end_budget,
+    open_budget,
+    start_budget,
+)
 from loyalty.rendering_source import FIELD_PREFIX, TEXT, LocalisedLoader, join_name, push_fields, split_name
-from loyalty.rendering_types import VIEW_TYPES, ProgrammeView, RenderContext
+from loyalty.rendering_types import VIEW_TYPES, ProgrammeView, RenderContext, Rendered, RenderLimits
 from loyalty.settings import Settings, WebSettings
 from loyalty.tokens import preferences_url, unsubscribe_url
 
 __all__ = ["CHANNELS", "BrokenLink", "ChannelLimit", "RenderLimits", "Rendered", "SandboxViolation",
-           "TemplateError", "TemplateLibrary", "TemplateMissing", "TemplateSyntax", "UndefinedVariable"]
+           "TemplateError", "TemplateLibrary", "TemplateMissing", "TemplateSyntax", "UndefinedVariable", "segments"]
 
 CHANNELS = ("email", "sms", "push")
 CHANNEL_FILES = {"email": ("email.subject.txt", "email.html"), "sms": ("sms.txt",), "push": ("push.json",)}
 PUSH_FIELDS = ("title", "body", "url", "image")
 #: Shop routes templates may link to with ``link(route, ...)``.
 ROUTES = {"home": "/", "rewards": "/rewards", "offer": "/offers/{code}", "tiers": "/rewards/tiers", "app": "/app"}
-_SPACES = re.compile("[\u00a0\u202f\u2009\u2007]")
 _HREF = re.compile(r'href="(https?://[^"]+)"')
 _TEXT_URL = re.compile(r"https?://[^\s)\]>\"']+")
-_NOT_GSM_BASIC = re.compile("[^" + re.escape("".join(sorted(GSM7_BASIC))) + "]")
 LINK_VARIABLES = frozenset({"unsubscribe_url", "preferences_url"})
-
-
-@dataclass(frozen=True)
-class RenderLimits:
-    """Channel limits and the budget of one render."""
-
-    sms_segment_cap: int = 3
-    push_title_max: int = 50
-    push_body_max: int = 150
-    subject_max: int = 150
-    timeout_seconds: float = 1.0
-    max_output_chars: int = 400_000
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """One rendered message: ``content`` is the outbox payload for ``channel``."""
-
-    name: str
-    channel: str
-    language: str
-    content: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-    segments: SegmentInfo | None = None
 
 
 class _Environment(MessageSandbox):
@@ -136,20 +116,47 @@ class TemplateLibrary:
 
     def render(self, name: str, channel: str, context: RenderContext | Mapping[str, Any]) -> Rendered:
         """Render message ``name`` (e.g. ``"offers/bonus_500"``) for ``channel`` in the member's language."""
-        if channel not in CHANNELS:
-            raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
+        _check_channel(channel)
+        token = start_budget(self.limits.timeout_seconds)
+        try:
+            return self._render(name, channel, context)
+        finally:
+            end_budget(token)
+
+    def render_many(self, name: str, channel: str,
+                    contexts: Iterable[RenderContext | Mapping[str, Any]]) -> list[Rendered | TemplateError]:
+        """Render message ``name`` for each context, in order: what :meth:`render` gives, or its error.
+
+        The path for campaign chunks: a member whose render fails (template error, over the time, loop or
+        size budget, SMS segment cap...) gets the :class:`TemplateError` in their place and the others still
+        render. Every member gets a full budget of their own, restarted instead of opened per member.
+        """
+        _check_channel(channel)
+        budget, token = open_budget(self.limits.timeout_seconds)
+        results: list[Rendered | TemplateError] = []
+        try:
+            for context in contexts:
+                budget.restart()
+                try:
+                    results.append(self._render(name, channel, context))
+                except TemplateError as exc:
+                    results.append(exc)
+        finally:
+            end_budget(token)
+        return results
+
+    def _render(self, name: str, channel: str, context: RenderContext | Mapping[str, Any]) -> Rendered:
+        """One render inside the budget the caller opened."""
         values = context.variables() if isinstance(context, RenderContext) else dict(context)
         language = self.language_for(values["member"])
         variables = self._complete(values, channel, self._links_needed(name, channel, language))
-        token = start_budget(self.limits.timeout_seconds)
-        try:
-            if channel == "email":
-                return self._email(name, language, variables)
-            if channel == "sms":
-                return self._sms(name, language, variables)
-            return self._push(name, language, variables)
-        finally:
-            end_budget(token)
+        for key, value in self.environment.globals.items():  # so templates run on this dict, uncopied
+            variables.setdefault(key, value)
+        if channel == "sms":
+            return self._sms(name, language, variables)
+        if channel == "email":
+            return self._email(name, language, variables)
+        return self._push(name, language, variables)
 
     def variables(self, context: RenderContext | Mapping[str, Any], channel: str, *,
                   links: frozenset[str] = LINK_VARIABLES) -> dict[str, Any]:
@@ -247,12 +254,15 @@ class TemplateLibrary:
 
     # -- running templates ------------------------------------------------------------------------------------
 
-    def run(self, name: str, variables: dict[str, Any]) -> str:
-        """Render template ``name`` within the current budget and the output size limit."""
+    def run(self, name: str, variables: dict[str, Any], *, shared: bool = False) -> str:
+        """Render template ``name`` within the current budget and the output size limit.
+
+        ``shared``: ``variables`` already holds the environment's globals and is not copied (the render path).
+        """
         template = self.template(name)
         limit, size, out = self.limits.max_output_chars, 0, []
         try:
-            for chunk in template.root_render_func(template.new_context(variables)):
+            for chunk in template.root_render_func(template.new_context(variables, shared)):
                 size += len(chunk)
                 if size > limit:
                     raise RenderLimitExceeded(f"output larger than {limit:,} characters")
@@ -267,13 +277,14 @@ class TemplateLibrary:
 
     def _email(self, name: str, language: str, variables: dict[str, Any]) -> Rendered:
         prefix = f"{language}:{name}/"
-        subject = _one_line(self.run(prefix + "email.subject.txt", variables))
+        subject = _one_line(self.run(prefix + "email.subject.txt", variables, shared=True))
         if len(subject) > self.limits.subject_max:
             raise ChannelLimit(f"subject is {len(subject)} characters (at most {self.limits.subject_max})",
                                file=self._shown(name, "email.subject.txt", language))
-        html = self.run(prefix + "email.html", variables)
+        html = self.run(prefix + "email.html", variables, shared=True)
         has_text = self.find(name, "email.txt", language) is not None
-        text = _tidy_text(self.run(prefix + ("email.txt" if has_text else f"email.html#{TEXT}"), variables))
+        text = _tidy_text(self.run(prefix + ("email.txt" if has_text else f"email.html#{TEXT}"), variables,
+                                       shared=True))
         utm = self._utm(name, "email", variables)
         html_utm = utm.replace("&", "&amp;")
         html = _HREF.sub(lambda m: f'href="{self._track(m.group(1), html_utm, html=True)}"', html)
@@ -283,7 +294,7 @@ class TemplateLibrary:
         return Rendered(name, "email", language, {"subject": subject, "html": html, "text": text}, headers)
 
     def _sms(self, name: str, language: str, variables: dict[str, Any]) -> Rendered:
-        body = _sms_text(self.run(f"{language}:{name}/sms.txt", variables))
+        body = sms_text(self.run(f"{language}:{name}/sms.txt", variables, shared=True))
         info = segments(body)
         cap = self.limits.sms_segment_cap
         if info.segments > cap:
@@ -302,7 +313,7 @@ class TemplateLibrary:
         except ValueError as exc:
             raise TemplateSyntax(f"push.json is not a JSON object: {exc}",
                                  file=display_path(str(path), self.root)) from None
-        content = {f: _one_line(self.run(f"{language}:{name}/push.json#{FIELD_PREFIX}{f}", variables))
+        content = {f: _one_line(self.run(f"{language}:{name}/push.json#{FIELD_PREFIX}{f}", variables, shared=True))
                    for f in present}
         shown = display_path(str(path), self.root)
         for key, limit in (("title", self.limits.push_title_max), ("body", self.limits.push_body_max)):
@@ -347,6 +358,11 @@ class TemplateLibrary:
         return f"{base}{joiner}{utm}{hash_mark}{fragment}"
 
 
+def _check_channel(channel: str) -> None:
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
+
+
 def _field(obj: Any, key: str, default: Any) -> Any:
     if type(obj) in VIEW_TYPES:
         return getattr(obj, key, default)
@@ -363,24 +379,6 @@ def _one_line(text: str) -> str:
 def _tidy_text(text: str) -> str:
     lines = [line.rstrip() for line in text.strip().splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"
-
-
-def _sms_text(text: str) -> str:
-    """Babel's no-break spaces become plain spaces (they are not GSM-7); blank lines squeezed."""
-    if "\n" not in text.strip():
-        return " ".join(_SPACES.sub(" ", text).split())
-    lines = [" ".join(line.split()) for line in _SPACES.sub(" ", text).strip().splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
-
-
-def segments(body: str) -> SegmentInfo:
-    """:func:`count_segments`, with a fast path for the usual case: only basic GSM-7 characters (1 septet each)."""
-    if _NOT_GSM_BASIC.search(body):
-        return count_segments(body)
-    length = len(body)
-    if length <= GSM7_SINGLE:
-        return SegmentInfo("GSM-7", length, 1 if length else 0, GSM7_SINGLE, ())
-    return SegmentInfo("GSM-7", length, -(-length // GSM7_PART), GSM7_PART, ())
 
 
 def _valid_url(url: str) -> bool:

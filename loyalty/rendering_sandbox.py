@@ -66,6 +66,15 @@ class Budget:
         if not self.iterations_left & 63 and time.monotonic() > self.deadline:
             raise RenderLimitExceeded(f"rendering took longer than {self.seconds:g} s")
 
+    def restart(self) -> None:
+        """A fresh allowance for the next render of a batch (cheaper than opening a new budget per render)."""
+        self.deadline = time.monotonic() + self.seconds
+        self.iterations_left = MAX_ITERATIONS
+
+    def credit(self, seconds: float) -> None:
+        """Give back ``seconds`` spent on something other than rendering (loading and compiling a template)."""
+        self.deadline += seconds
+
     def check_time(self) -> None:
         """Raise when the deadline has passed."""
         if time.monotonic() > self.deadline:
@@ -78,6 +87,12 @@ _budget: ContextVar[Budget | None] = ContextVar("loyalflow_render_budget", defau
 def start_budget(seconds: float) -> Any:
     """Open a budget for the render about to run; returns the token for :func:`end_budget`."""
     return _budget.set(Budget(time.monotonic() + seconds, MAX_ITERATIONS, seconds))
+
+
+def open_budget(seconds: float) -> tuple[Budget, Any]:
+    """Open a budget for a batch of renders: the budget (``restart`` it before each render) and the token."""
+    budget = Budget(time.monotonic() + seconds, MAX_ITERATIONS, seconds)
+    return budget, _budget.set(budget)
 
 
 def end_budget(token: Any) -> None:

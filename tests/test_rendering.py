@@ -16,7 +16,14 @@ from channels.segments import GSM7_BASIC, count_segments
 from loyalty.ledger import earn
 from loyalty.programme import Programme
 from loyalty.render_context import build_contexts, offer_for_message, personas
-from loyalty.rendering import ChannelLimit, RenderLimits, TemplateMissing, UndefinedVariable, segments
+from loyalty.rendering import (
+    ChannelLimit,
+    RenderLimits,
+    SandboxViolation,
+    TemplateMissing,
+    UndefinedVariable,
+    segments,
+)
 from loyalty.rendering_filters import Formatter
 from loyalty.tokens import UNSUBSCRIBE, read_token
 from tests.factories import add_member
@@ -182,3 +189,44 @@ def test_contexts_for_real_members_in_bulk(engine: Engine, programme: Programme)
 @given(st.text(alphabet=st.sampled_from([*sorted(GSM7_BASIC), "€", "{", "\u2019", "😀", "ç"]), max_size=400))
 def test_fast_segment_count_matches_the_reference(body: str) -> None:
     assert segments(body) == count_segments(body)
+
+
+def test_render_many_gives_what_render_gives_for_each_member(programme: Programme) -> None:
+    library = shipped_library(programme)
+    sample = personas(programme, name="offers/bonus_500")
+    members = [sample["camille"], sample["olivia"], sample["camille"]]
+    for channel in ("sms", "push"):
+        batch = library.render_many("offers/bonus_500", channel, members)
+        assert batch == [library.render("offers/bonus_500", channel, m) for m in members]
+    emails = library.render_many("offers/bonus_500", "email", members)
+    singles = [library.render("offers/bonus_500", "email", m) for m in members]
+    assert [(r.language, r.content["subject"]) for r in emails if not isinstance(r, Exception)] == \
+        [(r.language, r.content["subject"]) for r in singles]
+    with pytest.raises(ValueError, match="unknown channel"):
+        library.render_many("offers/bonus_500", "fax", members)
+
+
+def test_render_many_reports_each_member_failure_in_its_place(tmp_path: Path, programme: Programme) -> None:
+    camille_only = "{% if member.first_name == 'Camille' %}"
+    library = scratch_library(tmp_path, programme, {
+        "undefined/sms.txt": camille_only + "{{ nope }}{% endif %}Hi {{ member.first_name }}",
+        "spin/sms.txt": camille_only + "{% for a in range(1000) %}{% for b in range(1000) %}{% endfor %}"
+                        "{% endfor %}{% endif %}Hi {{ member.first_name }}",
+        "long/sms.txt": camille_only + "{{ 'x' * 600 }}{% endif %}Hi",
+    })
+    sample = personas(programme, name="undefined")
+    members = [sample["camille"], sample["olivia"]]
+    for name, error in (("undefined", UndefinedVariable), ("spin", SandboxViolation), ("long", ChannelLimit)):
+        failed, rendered = library.render_many(name, "sms", members)
+        assert isinstance(failed, error), (name, failed)
+        assert failed.file == f"templates/{name}/sms.txt"
+        assert not isinstance(rendered, Exception) and rendered.content["body"].startswith("Hi")
+
+
+def test_render_many_gives_every_member_a_full_budget(tmp_path: Path, programme: Programme) -> None:
+    # 15,000 iterations each: under the 20,000 of one render, far over it for the batch.
+    library = scratch_library(tmp_path, programme, {
+        "busy/sms.txt": "{% for a in range(150) %}{% for b in range(99) %}{% endfor %}{% endfor %}ok"})
+    camille = personas(programme, name="busy")["camille"]
+    results = library.render_many("busy", "sms", [camille] * 3)
+    assert [r.content["body"] for r in results if not isinstance(r, Exception)] == ["ok"] * 3
