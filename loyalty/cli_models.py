@@ -33,6 +33,19 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _shrinkage(text: str) -> str | float | None:
+    """``auto`` / ``none`` / a number in [0, 1], as UpliftRecommender's ``shrinkage``."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        slope = float(text)
+    except ValueError:
+        slope = -1.0
+    if not 0.0 <= slope <= 1.0:
+        raise typer.BadParameter("--shrinkage must be auto, none or a number in [0, 1]")
+    return slope
+
+
 @evaluate_app.command("evaluate")
 def evaluate_command(
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV of a randomised campaign.")],
@@ -50,6 +63,9 @@ def evaluate_command(
     test_size: Annotated[float | None, typer.Option(help="Fit/score split instead of cross-fitting.")] = None,
     folds: Annotated[int, typer.Option(min=2)] = 5,
     seed: Annotated[int, typer.Option(help="random_state of splits and bootstrap.")] = 42,
+    shrinkage: Annotated[str, typer.Option(help="Pull lifts toward each arm's average: auto, none, or 0..1.")] = "auto",
+    policy_method: Annotated[str | None, typer.Option(help="Method whose policy is reported (default: best "
+                                                            "uplift@k).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the PNG plots and summary.json.")] = Path("var/evaluation"),
 ) -> None:
     """Cross-fitted uplift@k, Qini, AUUC and IPW policy values (with bootstrap CIs) against references."""
@@ -65,16 +81,18 @@ def evaluate_command(
         table = campaign_table(frame, treatment=treatment, control=control, outcome=outcome,
                                spend=spend, exclude=exclude or [])
         report = evaluate_campaign(table, methods=method or ("t", "x", "ct"), k=k, value=value, cost=cost,
-                                   margin=margin, test_size=test_size, folds=folds, random_state=seed)
+                                   margin=margin, test_size=test_size, folds=folds, random_state=seed,
+                                   params={"shrinkage": _shrinkage(shrinkage)}, policy_method=policy_method)
     except ValueError as exc:
         _fail(str(exc), 2)
     for line in summary_lines(report):
         console.print(line, highlight=False, markup=False)
-    best = report.best().method
+    best = report.policy_of()
     plots = [plot_qini(report, out / "qini.png"), plot_policies(report, best, out / "policy_value.png")]
     summary = {"rows": report.n_rows, "arms": list(report.arms), "protocol": report.protocol, "k": k,
                "metrics": {m.method: m.metrics for m in report.methods}, "best": best,
-               "policies": {m: [vars(v) for v in values] for m, values in report.policies.items()}}
+               "policies": {m: [vars(v) for v in values] for m, values in report.policies.items()},
+               "gain_over_best_arm": {m: vars(v) for m, v in report.gains.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"plots: {', '.join(str(p) for p in plots)}")
 

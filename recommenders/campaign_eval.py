@@ -8,6 +8,7 @@ or, with ``test_size``, fitted on one split and scored on the other (scikit-upli
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from recommenders.evaluation import (
     best_single_arm,
     compare_policies,
     cross_fit,
+    gain_over_best_arm,
     qini_auc,
     qini_curve,
     uplift_at_k,
@@ -68,8 +70,9 @@ class MethodResult:
     """One meta-learner's out-of-sample lifts and metrics per arm."""
 
     method: str
-    conversion: np.ndarray  # (n_eval, k)
+    conversion: np.ndarray  # (n_eval, k) after shrinkage: what the policy acts on
     spend: np.ndarray | None
+    raw: np.ndarray  # (n_eval, k) before shrinkage: what the ranking metrics use
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> metric -> value
 
 
@@ -85,10 +88,16 @@ class EvaluationReport:
     policies: dict[str, list[PolicyValue]]  # method -> values (model policy first)
     eval_rows: np.ndarray
     table: CampaignTable
+    gains: dict[str, PolicyValue]  # method -> model policy minus the best single arm (paired bootstrap)
+    policy_method: str | None = None  # chosen before evaluation; None = the best by uplift@k
 
     def best(self) -> MethodResult:
         """The method with the highest mean uplift@k over arms."""
         return max(self.methods, key=lambda m: np.mean([v["uplift_at_k"] for v in m.metrics.values()]))
+
+    def policy_of(self) -> str:
+        """The method whose policy is reported: the one named in advance, else the best by uplift@k."""
+        return self.policy_method or self.best().method
 
 
 def _fit_predict(table: CampaignTable, method: str, train: np.ndarray, test: np.ndarray,
@@ -98,10 +107,11 @@ def _fit_predict(table: CampaignTable, method: str, train: np.ndarray, test: np.
     spend = table.spend[train] if table.spend is not None else None
     model.fit(table.X[train], table.y[train], treatment=labels, spend=spend)
     order = [model.arms_.index(a) for a in table.arms]  # model sorts arm names; keep the table's order
-    conversion = model.predict(table.X[test])[:, order]
-    if spend is None:
-        return conversion
-    return np.concatenate([conversion, model.predict_spend(table.X[test])[:, order]], axis=1)
+    X = table.X[test]
+    parts = [model.predict(X)[:, order], model.predict_raw(X)[:, order]]
+    if spend is not None:
+        parts.append(model.predict_spend(X)[:, order])
+    return np.concatenate(parts, axis=1)  # shrunk conversion, raw conversion[, shrunk spend]
 
 
 def _scores(table: CampaignTable, method: str, *, test_size: float | None, folds: int, random_state: int,
@@ -138,26 +148,43 @@ def rewards(table: CampaignTable, rows: np.ndarray, *, value: float, cost: float
 def evaluate_campaign(table: CampaignTable, *, methods: Sequence[str] = ("t", "x", "ct"), k: float = 0.3,
                       value: float = 1.0, cost: float = 0.0, margin: float = 1.0, test_size: float | None = None,
                       folds: int = 5, random_state: int = 42, n_boot: int = 500,
-                      params: dict[str, Any] | None = None) -> EvaluationReport:
-    """Score every method, compute uplift@k / Qini / AUUC per arm, and value each method's policy by IPW."""
+                      params: dict[str, Any] | None = None, policy_method: str | None = None) -> EvaluationReport:
+    """Score every method, compute uplift@k / Qini / AUUC per arm, and value each method's policy by IPW.
+
+    ``params`` go to :class:`~recommenders.uplift.UpliftRecommender` (its ``shrinkage`` included);
+    ``policy_method`` names, before anything is measured, the method whose policy is reported.
+    """
+    if policy_method is not None and policy_method not in methods:
+        raise ValueError(f"policy method {policy_method!r} is not among the methods {tuple(methods)}")
     results: list[MethodResult] = []
-    policies: dict[str, list[PolicyValue]] = {}
     rows = np.arange(table.y.size)
     n_arms = len(table.arms)
     for method in methods:
         rows, scores = _scores(table, method, test_size=test_size, folds=folds, random_state=random_state,
                                params=params or {})
-        conversion = scores[:, :n_arms]
-        spend = scores[:, n_arms:] if table.spend is not None else None
-        result = MethodResult(method, conversion, spend, _metrics(table, rows, conversion, k))
-        results.append(result)
-        expected = value * conversion + (margin * spend if spend is not None else 0.0) - cost
-        decision = choose_offers(expected, np.ones_like(expected, dtype=bool))
-        policies[method] = compare_policies(decision, table.arm[rows], rewards(table, rows, value=value, cost=cost,
-                                                                                  margin=margin),
-                                            table.arms, n_boot=n_boot, random_state=random_state)
+        conversion, raw = scores[:, :n_arms], scores[:, n_arms:2 * n_arms]
+        spend = scores[:, 2 * n_arms:] if table.spend is not None else None
+        results.append(MethodResult(method, conversion, spend, raw, _metrics(table, rows, raw, k)))
     protocol = f"{test_size:.0%} held-out split" if test_size else f"{folds}-fold cross-fitting"
-    return EvaluationReport(table.arms, table.y.size, protocol, k, results, policies, rows, table)
+    report = EvaluationReport(table.arms, table.y.size, protocol, k, results, {}, rows, table, {}, policy_method)
+    return revalue(report, value=value, cost=cost, margin=margin, n_boot=n_boot, random_state=random_state)
+
+
+def revalue(report: EvaluationReport, *, value: float = 1.0, cost: float = 0.0, margin: float = 1.0,
+            n_boot: int = 500, random_state: int = 42) -> EvaluationReport:
+    """The same scores' policies valued at another ``value`` / ``cost`` / ``margin`` (no refit)."""
+    policies: dict[str, list[PolicyValue]] = {}
+    gains: dict[str, PolicyValue] = {}
+    rows, table = report.eval_rows, report.table
+    logged, reward = table.arm[rows], rewards(table, rows, value=value, cost=cost, margin=margin)
+    for m in report.methods:
+        expected = value * m.conversion + (margin * m.spend if m.spend is not None else 0.0) - cost
+        decision = choose_offers(expected, np.ones_like(expected, dtype=bool))
+        policies[m.method] = compare_policies(decision, logged, reward, table.arms, n_boot=n_boot,
+                                              random_state=random_state)
+        gains[m.method] = gain_over_best_arm(decision, logged, reward, table.arms, policies[m.method],
+                                             n_boot=n_boot, random_state=random_state)
+    return dataclasses.replace(report, policies=policies, gains=gains)
 
 
 def summary_lines(report: EvaluationReport) -> list[str]:
@@ -167,13 +194,13 @@ def summary_lines(report: EvaluationReport) -> list[str]:
         for arm, values in m.metrics.items():
             lines.append(f"{m.method:>3} {arm:<24} uplift@{report.k:.0%} {values['uplift_at_k']:+.4f}  "
                          f"qini {values['qini_auc']:+.4f}  auuc {values['auuc']:+.4f}")
-    best = report.best().method
+    best = report.policy_of()
     for value in report.policies[best]:
         lines.append(f"policy [{best}] {value.name:<28} {value.value:+.4f}  (95% CI {value.low:+.4f} .. "
                      f"{value.high:+.4f})")
-    single = best_single_arm(report.policies[best])
-    lines.append(f"model policy vs best single arm ({single.name}): "
-                 f"{report.policies[best][0].value - single.value:+.4f} per member")
+    single, gain = best_single_arm(report.policies[best]), report.gains[best]
+    lines.append(f"model policy vs best single arm ({single.name}): {gain.value:+.4f} per member "
+                 f"(paired 95% CI {gain.low:+.4f} .. {gain.high:+.4f})")
     return lines
 
 
@@ -182,4 +209,4 @@ def qini_points(report: EvaluationReport, method: MethodResult, j: int) -> tuple
     rows = report.eval_rows
     keep = (report.table.arm[rows] == j) | (report.table.arm[rows] < 0)
     w = (report.table.arm[rows][keep] == j).astype(float)
-    return qini_curve(report.table.y[rows][keep], method.conversion[keep, j], w)
+    return qini_curve(report.table.y[rows][keep], method.raw[keep, j], w)
