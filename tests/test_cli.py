@@ -19,12 +19,13 @@ runner = CliRunner()
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder with the shipped config and its own SQLite database."""
+    """A project folder with the shipped config and its own SQLite database (the shipped templates)."""
     shutil.copytree(REPO_ROOT / "config", tmp_path / "config")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LOYALFLOW_DATABASE_URL", raising=False)
     monkeypatch.delenv("LOYALFLOW_CONFIG_DIR", raising=False)
     monkeypatch.setenv("LOYALFLOW_CONFIG_FILE", str(tmp_path / "config" / "loyalflow.toml"))
+    monkeypatch.setenv("LOYALFLOW_TEMPLATES_DIR", str(REPO_ROOT / "templates"))
     monkeypatch.setenv("COLUMNS", "200")
     return tmp_path
 
@@ -86,12 +87,18 @@ def test_import_of_a_file_with_unknown_columns_fails_clearly(workdir: Path) -> N
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_demo_seeds_runs_the_flow_and_summarises(workdir: Path) -> None:
-    result = runner.invoke(app, ["demo", "--members", "300"])
+def test_demo_runs_the_whole_product_and_summarises(workdir: Path) -> None:
+    env = {"LOYALFLOW_POLICY__QUIET_HOURS_START": "00:00", "LOYALFLOW_POLICY__QUIET_HOURS_END": "00:00"}
+    result = runner.invoke(app, ["demo", "--members", "300"], env=env)
     assert result.exit_code == 0, result.output
-    assert "Members by tier" in result.output and "flow finished" in result.output
-    again = runner.invoke(app, ["demo", "--members", "300"])  # idempotent: reuses the programme
-    assert "reusing the 300 members" in again.output
+    summary = (workdir / "var" / "demo" / "summary.md").read_text(encoding="utf-8")
+    assert "## Campaign win_back" in summary and "| tier | member -> silver |" in summary
+    assert "| tier-upgrade messages sent | 1 |" in summary and "uplift-" in summary
+    emails = len(list((workdir / "var" / "sandbox" / "email").glob("*.eml")))
+    assert emails > 1 and f"| emails (.eml) | var/sandbox/email | {emails} |" in summary
+    again = runner.invoke(app, ["demo", "--members", "300"], env=env)  # idempotent: reuses programme and model
+    assert again.exit_code == 0, again.output
+    assert "reusing the 300 members" in again.output and "already trained" in again.output
     shown = runner.invoke(app, ["members", "show", "S0000001"])
     assert shown.exit_code == 0 and "Points ledger" in shown.output
 
