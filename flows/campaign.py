@@ -71,8 +71,12 @@ def campaign_run(campaign: str, slot: datetime | None = None, dispatch: bool = T
     run_id = cr.plan_run(rt.engine, spec, when, audience=planned)
     ranges = audience_ranges(rt.engine, spec, as_of=when, chunk_size=chunk_size or rt.settings.chunk_size)
     totals: Counter[str] = Counter(run_id=run_id, chunks=len(ranges), planned_audience=planned)
-    for counts in process_chunk_task.map(unmapped(run_id), ranges).result():
-        totals.update(counts)
+    # In waves: all chunks at once would queue on the database's locks (SQLite has one writer) until
+    # its busy timeout fails them, and hold every chunk's memory at the same time.
+    wave = 1 if rt.engine.dialect.name == "sqlite" else rt.settings.chunk_workers
+    for start in range(0, len(ranges), wave):
+        for counts in process_chunk_task.map(unmapped(run_id), ranges[start:start + wave]).result():
+            totals.update(counts)
     cr.finish_run(rt.engine, run_id, dict(totals))
     if dispatch:
         totals.update(dispatch_task(campaign, [str(c) for c in spec.channels]))

@@ -71,7 +71,7 @@ def build_contexts(session: Session, programme: Programme, member_ids: Sequence[
     rows = fetch_rows(session, sa.select(m.id, m.first_name, m.last_name, m.email, m.phone, m.locale, m.time_zone,
                                          m.tier, m.points_balance, m.joined_at).where(m.id.in_(ids)))
     qualifying = {int(mid): int(value) for mid, _, value in
-                  fetch_rows(session, qualifying_query(programme.tiers, now, m.id.in_(ids)))}
+                  fetch_rows(session, qualifying_query(programme.tiers, now, member_ids=ids))}
     expiring: dict[int, int] = {}
     if expiring_within_days is not None:
         expiring = points_expiring(session, programme, within_days=expiring_within_days, as_of=now,

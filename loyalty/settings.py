@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     templates_dir: Path = Path("templates")
     var_dir: Path = Path("var")
     chunk_size: int = Field(default=5000, gt=0, description="Members per unit of batch work.")
+    chunk_workers: int = Field(default=4, gt=0, description="Chunk tasks of one flow run at a time (PostgreSQL; "
+                               "SQLite takes one writer at a time, so its chunks run one by one).")
     sendgrid: SendGridSettings = SendGridSettings()
     twilio: TwilioSettings = TwilioSettings()
     push: PushSettings = PushSettings()
