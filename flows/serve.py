@@ -159,7 +159,8 @@ def _campaign_specs(settings: Settings, programme: Programme, chunked: dict[str,
 
 def _programme_specs(timezone: str, chunked: dict[str, Any]) -> list[DeploymentSpec]:
     from flows.maintenance import nightly_maintenance
-    from flows.triggers import send_points_expiring, send_tier_upgrades, tier_upgrade_deployment_trigger
+    from flows.tier_upgrade import send_tier_upgrades, tier_upgrade_deployment_trigger
+    from flows.triggers import send_points_expiring
 
     specs = [
         DeploymentSpec("nightly-maintenance", served(nightly_maintenance, chunked),

@@ -1,13 +1,5 @@
-"""Triggered messages as Prefect flows: tier upgrades, welcomes and points about to expire.
-
-The database is the source of truth, never the event: a purchase that moves a member up a tier
-records a ``tier_changes`` row in the same transaction (:func:`loyalty.ledger.record_purchases`),
-then :func:`announce_tier_upgrade` emits ``loyalty.member.tier-upgraded``. ``emit_event`` is
-fire-and-forget (with the API down the event is silently dropped), so the event only makes the
-message fast: the served :func:`send_tier_upgrades` deployment is woken by it through
-:func:`tier_upgrade_deployment_trigger`, and the same flow on a schedule is the sweeper that
-catches whatever an event missed. Either way it handles *every* unhandled change, and the
-outbox keys (``tier_upgrade:{change_id}``) make two runs at once queue nothing twice.
+"""Triggered messages as Prefect flows: welcomes and points about to expire, and the parts every
+triggered flow shares (tier upgrades are in :mod:`flows.tier_upgrade`).
 
 Each flow queues in a task, then dispatches the channels it queued on (plus any of its trigger's
 messages still pending from an earlier run that stopped between queueing and sending), and
@@ -26,8 +18,6 @@ import sqlalchemy as sa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
-from prefect.events import DeploymentEventTrigger, emit_event
-from prefect.settings import PREFECT_API_URL
 
 from loyalty import jobs
 from loyalty.delivery import open_channels
@@ -37,55 +27,17 @@ from loyalty.rendering import TemplateLibrary
 from loyalty.send_policy import SendPolicy
 from loyalty.triggers import (
     POINTS_EXPIRING,
-    TIER_UPGRADE,
     WELCOME,
     queue_points_expiring,
-    queue_tier_upgrades,
     queue_welcome,
 )
 from loyalty.types import OutboxStatus, as_utc, utcnow
 
-TIER_UPGRADED_EVENT = "loyalty.member.tier-upgraded"
-MEMBER_RESOURCE_PREFIX = "loyalty.member."
 #: A triggered flow sends what is due now and returns; anything deferred further (quiet hours,
 #: provider back-off) is left to the next sweep or the long-running dispatcher.
 IDLE_HORIZON = timedelta(seconds=5)
 # Counts summed when a trigger is queued in several batches or chunks.
 _SUMMED = ("considered", "queued", "already_queued", "handled")
-
-
-def member_resource_id(member_id: int) -> str:
-    """The Prefect resource id of a member (what the deployment trigger matches on)."""
-    return f"{MEMBER_RESOURCE_PREFIX}{member_id}"
-
-
-def announce_tier_upgrade(member_id: int, change_id: int) -> bool:
-    """Emit ``loyalty.member.tier-upgraded`` for a recorded change; True if an event was handed over.
-
-    Best effort by design: the change row is already committed, and the sweeper messages it
-    even if this event is lost, so no error here may reach the caller. Without ``PREFECT_API_URL``
-    nothing is emitted: only a running server has the deployment trigger the event is for.
-    """
-    if PREFECT_API_URL.value() is None:
-        # No server: a temporary API would be started just to drop the event (it serves no triggers).
-        return False
-    try:
-        event = emit_event(TIER_UPGRADED_EVENT, resource={"prefect.resource.id": member_resource_id(member_id)},
-                           payload={"member_id": member_id, "change_id": change_id})
-    except Exception:  # an event is an optimisation, never a failure
-        return False
-    return event is not None
-
-
-def tier_upgrade_deployment_trigger(*, enabled: bool = True) -> DeploymentEventTrigger:
-    """The trigger that runs the served :func:`send_tier_upgrades` deployment on each upgrade event."""
-    return DeploymentEventTrigger(
-        name="tier-upgraded",
-        enabled=enabled,
-        expect={TIER_UPGRADED_EVENT},
-        match={"prefect.resource.id": f"{MEMBER_RESOURCE_PREFIX}*"},
-        parameters={"member_id": "{{ event.resource.id }}"},
-    )
 
 
 def _library() -> TemplateLibrary:
@@ -101,20 +53,6 @@ def _merge(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
         total[name] = dict(Counter(total.get(name, {})) + Counter(part[name]))
     total["errors"] = {**total.get("errors", {}), **part["errors"]}
     total["trigger"] = part["trigger"]
-    return total
-
-
-@task(name="queue-tier-upgrades", cache_policy=NONE, retries=2, retry_delay_seconds=5)
-def queue_tier_upgrades_task(limit: int = 500, max_batches: int = 100) -> dict[str, Any]:
-    """Queue messages for unhandled upgrades, ``limit`` per transaction, until none are left."""
-    rt = jobs.runtime()
-    library = _library()
-    total: dict[str, Any] = {}
-    for _ in range(max_batches):
-        report = queue_tier_upgrades(rt.engine, rt.programme, library, limit=limit)
-        _merge(total, report.as_dict())
-        if report.considered < limit or report.handled == 0:  # drained, or stuck on template errors
-            break
     return total
 
 
@@ -176,18 +114,6 @@ def _table(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-@flow(name="send-tier-upgrades", log_prints=False)
-def send_tier_upgrades(member_id: str | None = None, limit: int = 500) -> dict[str, Any]:
-    """Message every unhandled tier upgrade and send it; the sweeper and the event-triggered run alike.
-
-    ``member_id`` is the resource id of the event that woke this run, if any; it is only logged,
-    because handling every pending change is what makes a lost event harmless.
-    """
-    if member_id:
-        get_run_logger().info("woken by an upgrade of %s", member_id)
-    return _finish(queue_tier_upgrades_task(limit), TIER_UPGRADE, "tier-upgrades")
-
-
 @flow(name="send-welcome", log_prints=False)
 def send_welcome(member_ids: list[int]) -> dict[str, Any]:
     """Welcome new members (once each: the outbox key is ``welcome:{member_id}``) and send it."""
@@ -214,7 +140,4 @@ def _merged(parts: Iterable[dict[str, Any]], trigger: str) -> dict[str, Any]:
     return total
 
 
-__all__: Sequence[str] = (
-    "TIER_UPGRADED_EVENT", "announce_tier_upgrade", "member_resource_id", "send_points_expiring",
-    "send_tier_upgrades", "send_welcome", "tier_upgrade_deployment_trigger",
-)
+__all__: Sequence[str] = ("send_points_expiring", "send_welcome")

@@ -153,7 +153,7 @@ def fire_tier_upgrade(app_ctx: AppContext, programme: Programme) -> list[tuple[A
     """POST a purchase crossing the next tier to the web app, then run the tier-upgrade flow for that member."""
     from fastapi.testclient import TestClient
 
-    from flows.triggers import send_tier_upgrades
+    from flows.tier_upgrade import send_tier_upgrades
     from loyalty.web.app import create_app
     from loyalty.web.events import EVENTS_PATH, events_token
 

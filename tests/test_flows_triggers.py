@@ -32,7 +32,7 @@ def _outbox(engine: Engine) -> list[tuple[str, str, str]]:
 
 
 def test_a_posted_purchase_crossing_silver_sends_exactly_one_message(flow_env: Engine) -> None:
-    from flows.triggers import send_tier_upgrades
+    from flows.tier_upgrade import send_tier_upgrades
 
     settings = jobs.runtime().settings
     member_id, external_id = _member(flow_env, first_name="Zoé")
@@ -56,7 +56,7 @@ def test_a_posted_purchase_crossing_silver_sends_exactly_one_message(flow_env: E
 
 
 def test_a_lost_dispatch_is_sent_by_the_next_sweep(flow_env: Engine) -> None:
-    from flows.triggers import send_tier_upgrades
+    from flows.tier_upgrade import send_tier_upgrades
     from loyalty.rendering import TemplateLibrary
     from loyalty.triggers import queue_tier_upgrades
 
@@ -91,7 +91,7 @@ def test_points_expiring_flow_runs_over_id_ranges(flow_env: Engine) -> None:
 
 
 def test_upgrade_events_reach_the_api_and_the_trigger_matches_them() -> None:
-    from flows.triggers import TIER_UPGRADED_EVENT, announce_tier_upgrade, tier_upgrade_deployment_trigger
+    from flows.tier_upgrade import TIER_UPGRADED_EVENT, announce_tier_upgrade, tier_upgrade_deployment_trigger
 
     assert announce_tier_upgrade(42, 7) is True  # PREFECT_API_URL points at the temporary API
     trigger = tier_upgrade_deployment_trigger()

@@ -83,7 +83,7 @@ def test_programme_wide_deployments_and_the_tier_upgrade_trigger(programme: Prog
     assert (_schedule(maintenance).cron, _schedule(maintenance).timezone) == ("0 2 * * *", "America/Toronto")
     assert _schedule(deployments["points-expiring"]).timezone == "America/Toronto"
     tier = deployments["tier-upgrades"]
-    assert tier.flow_name == "send-tier-upgrades" and tier.entrypoint == "flows/triggers.py:send_tier_upgrades"
+    assert tier.flow_name == "send-tier-upgrades" and tier.entrypoint == "flows/tier_upgrade.py:send_tier_upgrades"
     assert len(tier.schedules or []) == 1  # the sweeper: the table is the source of truth, not the event
     assert _schedule(tier).interval == timedelta(minutes=1)
     [trigger] = tier.triggers or []

@@ -12,7 +12,7 @@ Recording is :func:`loyalty.ledger.record_purchases`, exactly as ``loyalflow imp
 does it: the transaction row, its points and the tier evaluation in one database transaction,
 skipping transaction ids already stored, so a re-post (a client retry) credits nothing twice. The
 answer counts ``recorded``, ``duplicates``, ``tier_upgrades`` and ``points``. Each upgrade is then
-announced as a Prefect event after the response, best effort (:func:`flows.triggers.announce_tier_upgrade`):
+announced as a Prefect event after the response, best effort (:func:`flows.tier_upgrade.announce_tier_upgrade`):
 the recorded change row is what the sweeper messages, whatever becomes of the event.
 
 Authentication: ``Authorization: Bearer <token>`` where the token is
@@ -202,7 +202,7 @@ def _programme(config_dir: Path) -> Programme:
 def announce(upgrades: list[tuple[int, int]]) -> None:
     """Emit one tier-upgraded event per change; never raises (the sweeper is the safety net)."""
     try:
-        from flows.triggers import announce_tier_upgrade  # imported late: Prefect is heavy for the web app
+        from flows.tier_upgrade import announce_tier_upgrade  # imported late: Prefect is heavy for the web app
         for member_id, change_id in upgrades:
             announce_tier_upgrade(member_id, change_id)
     except Exception:  # an event is an optimisation, never a failure
