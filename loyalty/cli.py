@@ -30,6 +30,7 @@ from rich.progress import (
 )
 from sqlalchemy.engine import Engine
 
+from loyalty.cli_attribution import attribution_app
 from loyalty.cli_campaigns import campaigns_app
 from loyalty.cli_flows import flows_app
 from loyalty.cli_models import evaluate_app, models_app
@@ -49,10 +50,11 @@ import_app = typer.Typer(help="Load members or transactions from CSV files.", no
 members_app = typer.Typer(help="Look up members.", no_args_is_help=True)
 points_app = typer.Typer(help="Points ledger maintenance.", no_args_is_help=True)
 tiers_app = typer.Typer(help="Tier evaluation.", no_args_is_help=True)
-# evaluate_app and flows_app: `evaluate`, `train` and `serve-flows` at the top level.
+# evaluate_app, flows_app and attribution_app: `evaluate`, `train`, `serve-flows`, `attribute` at the top level.
 for sub, name in ((db_app, "db"), (import_app, "import"), (members_app, "members"), (points_app, "points"),
                   (tiers_app, "tiers"), (outbox_app, "outbox"), (templates_app, "templates"), (evaluate_app, None),
-                  (models_app, "models"), (campaigns_app, "campaigns"), (flows_app, None)):
+                  (models_app, "models"), (campaigns_app, "campaigns"), (flows_app, None),
+                  (attribution_app, None)):
     app.add_typer(sub, name=name)
 
 

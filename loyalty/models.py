@@ -219,6 +219,7 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_outbox_messages_dispatch", "status", "channel", "not_before"),
         sa.Index("ix_outbox_messages_member_created", "member_id", "created_at"),
+        sa.Index("ix_outbox_messages_run_member", "run_id", "member_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -284,3 +285,41 @@ CAMPAIGN_ASSIGNMENTS: sa.Table = CampaignAssignment.__table__  # type: ignore[at
 OUTBOX_MESSAGES: sa.Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 DELIVERY_EVENTS: sa.Table = DeliveryEvent.__table__  # type: ignore[attr-defined]
 TIER_CHANGES: sa.Table = TierChange.__table__  # type: ignore[attr-defined]
+
+
+class CampaignOutcome(SQLModel, table=True):
+    """What happened to one member of one campaign run: the message facts and the attributed outcome.
+
+    Intent-to-treat: a treated member counts in their arm whether or not the message went out, and
+    treated and holdout are both measured over ``[slot, window_end)``. Purchases are counted up to
+    ``counted_until`` (``min(as_of, window_end)`` of the last attribution); ``final`` rows (window
+    closed when attributed) are never rewritten.
+    """
+
+    __tablename__ = "campaign_outcomes"
+    __table_args__ = (sa.UniqueConstraint("run_id", "member_id", name="uq_campaign_outcomes_run_member"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="campaign_runs.id")
+    member_id: int = Field(foreign_key="members.id", index=True)
+    arm: str = Field(max_length=64, description="'holdout' or the offer/variant of the assignment.")
+    treated: bool = Field(description="arm != 'holdout' (intent to treat).")
+    offer_code: str | None = Field(default=None, max_length=64)
+    variant: str | None = Field(default=None, max_length=32)
+    outbox_id: int | None = Field(default=None, foreign_key="outbox_messages.id")
+    channel: Channel | None = Field(default=None, sa_type=enum_type(Channel))
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, description="First 'delivered' event.")
+    opened_at: datetime | None = Field(default=None, sa_type=UTCDateTime, description="First 'open' event.")
+    clicked_at: datetime | None = Field(default=None, sa_type=UTCDateTime, description="First 'click' event.")
+    converted: bool = Field(description="At least one purchase (positive amount) in the window.")
+    purchases: int = Field(default=0, description="Purchases (positive amounts) in the window; refunds excluded.")
+    revenue_cents: int = Field(default=0, description="Net amount in the window: purchases minus refunds.")
+    first_purchase_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    window_end: datetime = Field(sa_type=UTCDateTime, description="slot + attribution_days (exclusive).")
+    counted_until: datetime = Field(sa_type=UTCDateTime, description="Transactions before this were counted.")
+    final: bool = Field(default=False, description="The window had closed when attributed: never rewritten.")
+    attributed_at: datetime = _created()
+
+
+CAMPAIGN_OUTCOMES: sa.Table = CampaignOutcome.__table__  # type: ignore[attr-defined]
