@@ -42,7 +42,7 @@ from loyalty.outbox import NewMessage, enqueue
 from loyalty.render_context import build_contexts, offer_view
 from loyalty.rendering import TemplateError, TemplateLibrary
 from loyalty.rendering_sandbox import end_budget, start_budget
-from loyalty.rendering_types import CampaignView, RenderContext
+from loyalty.rendering_types import CampaignView, RenderContext, Rendered
 from loyalty.send_policy import member_zone
 from loyalty.template_lint import ERROR, Finding, has_errors, message_findings
 from loyalty.trigger_channels import UNKNOWN_MEMBER, choose_channel
@@ -247,11 +247,14 @@ def _subject(library: TemplateLibrary, variant: Variant | None, context: RenderC
         end_budget(token)
 
 
+def _template(spec: CampaignSpec, item: Treated) -> str:
+    return (item.variant.template if item.variant else None) or spec.template
+
+
 def _message(library: TemplateLibrary, spec: CampaignSpec, run: tuple[int, datetime], item: Treated,
-             recipient: Any, context: RenderContext) -> NewMessage:
-    """Render one treated member's message (raises TemplateError or jinja2.TemplateError)."""
-    template = (item.variant.template if item.variant else None) or spec.template
-    rendered = library.render(template, recipient.channel, context)
+             recipient: Any, context: RenderContext, rendered: Rendered) -> NewMessage:
+    """One treated member's message from its render (the subject variant raises jinja2.TemplateError)."""
+    template = _template(spec, item)
     content = dict(rendered.content)
     subject = _subject(library, item.variant, context) if recipient.channel == "email" else None
     if subject:
@@ -277,20 +280,40 @@ def _contexts(session: Session, rt: jobs.Runtime, spec: CampaignSpec, treated: S
             if expiring is None or c.points_expiring > 0}
 
 
+def _render_all(library: TemplateLibrary, spec: CampaignSpec,
+                ready: Sequence[tuple[Treated, Any, RenderContext]]) -> list[Rendered | TemplateError]:
+    """Every ready member's render, batched per (template, channel) with :meth:`TemplateLibrary.render_many`."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for position, (item, recipient, _) in enumerate(ready):
+        groups.setdefault((_template(spec, item), recipient.channel), []).append(position)
+    results: list[Rendered | TemplateError | None] = [None] * len(ready)
+    for (template, channel), positions in groups.items():
+        batch = library.render_many(template, channel, [ready[p][2] for p in positions])
+        for position, rendered in zip(positions, batch, strict=True):
+            results[position] = rendered
+    return [r for r in results if r is not None]
+
+
 def _treat(session: Session, rt: jobs.Runtime, library: TemplateLibrary, spec: CampaignSpec, run_id: int,
            treated: Sequence[Treated], as_of: datetime, counts: Counter[str]) -> list[NewMessage]:
     """Messages for the treated members; the others are counted under the reason they got none."""
     contexts = _contexts(session, rt, spec, treated, as_of)
     choice = choose_channel(session.connection(), [t.member_id for t in treated], spec.channels)
-    messages = []
+    ready = []
     for item in treated:
         recipient, context = choice.recipients.get(item.member_id), contexts.get(item.member_id)
         if recipient is None or context is None:
             reason = NO_POINTS_EXPIRING if recipient else choice.skipped.get(item.member_id, UNKNOWN_MEMBER)
             counts[f"skipped:{reason}"] += 1
             continue
+        ready.append((item, recipient, context))
+    renders = _render_all(library, spec, ready)
+    messages = []
+    for (item, recipient, context), rendered in zip(ready, renders, strict=True):
         try:
-            messages.append(_message(library, spec, (run_id, as_of), item, recipient, context))
+            if isinstance(rendered, TemplateError):
+                raise rendered
+            messages.append(_message(library, spec, (run_id, as_of), item, recipient, context, rendered))
         except (TemplateError, jinja2.TemplateError) as exc:  # left unassigned: a re-run after the fix sends it
             log.warning("campaign %s, member %s: not rendered: %s", spec.name, item.member_id, exc)
             counts["render_errors"] += 1
