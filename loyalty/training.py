@@ -21,6 +21,7 @@ from loyalty.db import fetch_rows
 from loyalty.features_query import load_member_rows
 from loyalty.models import CAMPAIGN_ASSIGNMENTS, CAMPAIGN_RUNS, CAMPAIGNS, TRANSACTIONS
 from loyalty.programme import Programme
+from loyalty.types import as_utc, utcnow
 from recommenders import registry
 from recommenders.evaluation import qini_auc, uplift_at_k
 from recommenders.features import FeatureSchema, build_features
@@ -52,8 +53,11 @@ def _runs(connection: Connection, campaign: str | None) -> list[dict[str, Any]]:
     if campaign is not None:
         query = query.where(c.name == campaign)
     runs: list[dict[str, Any]] = []
+    now = utcnow()
     for run_id, name, slot, days in fetch_rows(connection, query):
-        runs.append({"run_id": int(run_id), "campaign": str(name), "slot": slot, "end": slot + timedelta(days=days)})
+        end = as_utc(slot) + timedelta(days=days)
+        if end <= now:  # an open window would teach the model truncated outcomes
+            runs.append({"run_id": int(run_id), "campaign": str(name), "slot": as_utc(slot), "end": end})
     return runs
 
 
@@ -61,7 +65,8 @@ def _outcomes(connection: Connection, run: dict[str, Any]) -> pd.DataFrame:
     """Assignments of one run with their attributed conversion and spend (one query)."""
     a, t = CAMPAIGN_ASSIGNMENTS.c, TRANSACTIONS.c
     window = (t.member_id == a.member_id) & (t.occurred_at >= run["slot"]) & (t.occurred_at < run["end"])
-    bought = sa.select(sa.func.count()).where(window).scalar_subquery()
+    # Refunds (negative amounts) lower the spend but are not purchases, as in loyalty.attribution.
+    bought = sa.select(sa.func.count()).where(window, t.amount_cents > 0).scalar_subquery()
     spent = sa.select(sa.func.coalesce(sa.func.sum(t.amount_cents), 0)).where(window).scalar_subquery()
     query = sa.select(a.member_id, a.arm, bought, spent).where(a.run_id == run["run_id"]).order_by(a.member_id)
     rows = pd.DataFrame(fetch_rows(connection, query),
@@ -77,7 +82,8 @@ def training_data(engine: Engine, programme: Programme, *, campaign: str | None 
     with engine.connect() as connection:
         runs = _runs(connection, campaign)
         if not runs:
-            raise ValueError("no completed campaign run to learn from" + (f" for {campaign!r}" if campaign else ""))
+            raise ValueError("no completed campaign run whose attribution window has closed"
+                             + (f" for {campaign!r}" if campaign else ""))
         for run in runs:
             outcome = _outcomes(connection, run)
             if outcome.empty:
