@@ -175,7 +175,7 @@ def test_every_reference_points_at_a_row(seeded: tuple[Engine, SeedReport, Any])
 def test_every_member_sits_in_the_tier_their_value_earns(seeded: tuple[Engine, SeedReport, Any],
                                                         programme: Programme) -> None:
     engine, report, _ = seeded
-    rows = _rows(engine, qualifying_query(programme.tiers, AS_OF, sa.true()))
+    rows = _rows(engine, qualifying_query(programme.tiers, AS_OF))
     assert len(rows) == SMALL
     assert all(tier == tier_for(int(value), programme.tiers) for _, tier, value in rows)
     assert all(count > 0 for count in report.tier_counts.values()), report.tier_counts
@@ -199,7 +199,7 @@ def test_every_recorded_tier_move_matches_the_tier_rules_at_that_time(seeded: tu
             assert (changed_at.month, changed_at.day) == (1, 1) or changed_at == AS_OF, changed_at
     for changed_at, expected in by_time.items():
         found = {m: int(v) for m, _, v in _rows(engine, qualifying_query(
-            programme.tiers, changed_at, MEMBERS.c.id.in_(list(expected))))}
+            programme.tiers, changed_at, member_ids=list(expected)))}
         assert found == expected, changed_at
 
 
@@ -379,7 +379,7 @@ def _features_are_what_the_database_says(engine: Engine, programme: Programme, r
     last = dict(_rows(engine, sa.select(TRANSACTIONS.c.member_id, sa.func.max(TRANSACTIONS.c.occurred_at))
                       .where(TRANSACTIONS.c.occurred_at < slot).group_by(TRANSACTIONS.c.member_id)))
     joined = dict(_rows(engine, sa.select(MEMBERS.c.id, MEMBERS.c.joined_at)))
-    qualifying = {m: v for m, _, v in _rows(engine, qualifying_query(programme.tiers, slot, sa.true()))}
+    qualifying = {m: v for m, _, v in _rows(engine, qualifying_query(programme.tiers, slot))}
     held = dict(_rows(engine, sa.select(TIER_CHANGES.c.member_id, TIER_CHANGES.c.to_tier)
                       .where(TIER_CHANGES.c.changed_at <= slot).order_by(TIER_CHANGES.c.id)))  # the last move wins
     for row in rows:
