@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from loyalty.db import fetch_rows, is_sqlite
+from loyalty.db import balanced_ranges, fetch_rows, is_sqlite
 from loyalty.models import (
     CAMPAIGN_ASSIGNMENTS,
     CAMPAIGN_OUTCOMES,
@@ -91,20 +91,8 @@ def pending_ranges(engine: Engine, run_id: int, chunk_size: int) -> list[IdRange
     Cut on the assignments themselves (one numbering statement), so chunks stay even however sparse
     the run's audience is among member ids.
     """
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
     a = CAMPAIGN_ASSIGNMENTS
-    numbered = (sa.select(a.c.member_id, sa.func.row_number().over(order_by=a.c.member_id).label("n"),
-                          sa.func.max(a.c.member_id).over().label("last"))
-                .where(a.c.run_id == run_id, _not_final(a)).subquery())
-    query = (sa.select(numbered.c.member_id, numbered.c.last)
-             .where((numbered.c.n - 1) % chunk_size == 0).order_by(numbered.c.member_id))
-    with engine.connect() as connection:
-        rows = fetch_rows(connection, query)
-    if not rows:
-        return []
-    starts = [int(row[0]) for row in rows]
-    return list(zip(starts, [*starts[1:], int(rows[0][1]) + 1], strict=True))
+    return balanced_ranges(engine, a.c.member_id, sa.and_(a.c.run_id == run_id, _not_final(a)), chunk_size)
 
 
 def _chunk(run_id: int, id_range: IdRange) -> sa.ColumnElement[bool]:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from loyalty.campaigns import Audience, CampaignSpec
-from loyalty.db import fetch_rows
+from loyalty.db import balanced_ranges, fetch_rows
 from loyalty.models import CHANNEL_CONSENTS, MEMBERS, PUSH_SUBSCRIPTIONS, SUPPRESSIONS
 from loyalty.types import Channel, as_utc
 
@@ -112,22 +112,9 @@ def audience_ranges(engine: Engine, spec: CampaignSpec, *, as_of: datetime,
     """Half-open id ranges, each holding ``chunk_size`` matching members (the last one fewer).
 
     Ranges are cut on matching members, not raw ids, so chunks stay even however sparse the
-    audience is; one statement numbers the matches and keeps every ``chunk_size``-th id.
+    audience is (:func:`loyalty.db.balanced_ranges`).
     """
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    numbered = (sa.select(m.c.id, sa.func.row_number().over(order_by=m.c.id).label("n"),
-                          sa.func.max(m.c.id).over().label("last"))
-                .where(audience_filter(spec, as_of=as_of)).subquery())
-    query = (sa.select(numbered.c.id, numbered.c.last)
-             .where((numbered.c.n - 1) % chunk_size == 0).order_by(numbered.c.id))
-    with engine.connect() as connection:
-        rows = fetch_rows(connection, query)
-    if not rows:
-        return []
-    starts = [int(row[0]) for row in rows]
-    ends = [*starts[1:], int(rows[0][1]) + 1]
-    return list(zip(starts, ends, strict=True))
+    return balanced_ranges(engine, m.c.id, audience_filter(spec, as_of=as_of), chunk_size)
 
 
 def audience_size(engine: Engine, spec: CampaignSpec, *, as_of: datetime) -> int:

@@ -83,6 +83,27 @@ def fetch_rows(connection: Session | sa.Connection, query: sa.Executable) -> lis
     return [tuple(row) for row in connection.execute(query)]
 
 
+def balanced_ranges(engine: Engine, ids: sa.ColumnElement[int], where: sa.ColumnElement[bool],
+                    chunk_size: int) -> list[tuple[int, int]]:
+    """Half-open ``(lo, hi)`` ranges of ``ids``, each holding ``chunk_size`` rows matching ``where``.
+
+    Cut on the matching rows, not raw ids, so chunks stay even however sparse the matches are:
+    one statement numbers them and keeps every ``chunk_size``-th id.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    numbered = (sa.select(ids.label("id"), sa.func.row_number().over(order_by=ids).label("n"),
+                          sa.func.max(ids).over().label("last")).where(where).subquery())
+    query = (sa.select(numbered.c.id, numbered.c.last)
+             .where((numbered.c.n - 1) % chunk_size == 0).order_by(numbered.c.id))
+    with engine.connect() as connection:
+        rows = fetch_rows(connection, query)
+    if not rows:
+        return []
+    starts = [int(row[0]) for row in rows]
+    return list(zip(starts, [*starts[1:], int(rows[0][1]) + 1], strict=True))
+
+
 def alembic_config(engine: Engine) -> Config:
     """An Alembic configuration bound to ``engine`` (no alembic.ini needed)."""
     config = Config()
