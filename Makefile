@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_MEMBERS ?= 20000
 export PREFECT_HOME ?= $(CURDIR)/var/prefect
 
-.PHONY: demo test lint bench bench-hillstrom install clean
+.PHONY: demo test lint bench bench-hillstrom bench-campaign install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/loyalflow demo --members $(DEMO_MEMBERS)
 
 test: $(STAMP)
+	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -39,6 +41,9 @@ bench: $(STAMP)
 
 bench-hillstrom: $(STAMP)
 	$(BIN)/python bench/hillstrom.py
+
+bench-campaign: $(STAMP)
+	$(BIN)/python bench/campaign_throughput.py --members 100000 --reference 20000
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
