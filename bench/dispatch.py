@@ -1,6 +1,6 @@
 """Benchmark: dispatcher throughput per channel next to a bare-adapter floor, and rate holding.
 
-    .venv/bin/python bench/dispatch.py [--emails 10000] [--sms 2000] [--push 2000] [--repeats 5]
+    .venv/bin/python bench/dispatch.py [--emails 10000] [--personal 3000] [--sms 2000] [--push 2000] [--repeats 5]
 
 Everything runs against :class:`channels.emulator.ProviderEmulator` on loopback, no faults, in
 this process (so the emulator's request handling shares the GIL with the sender, in the floor
@@ -14,6 +14,8 @@ alternating which goes first:
   ``ChannelDispatcher(paced=False, policy=None).run(until_idle=True)`` timed with
   ``perf_counter``: claims, sends and result recording included. Emails all share one
   subject/html/text, so SendGrid takes them 1000 personalizations per request (claim size 1000);
+  the ``email*`` row is personalised campaign email (a subject and body per member, as campaign runs
+  render them), one request per message, ``SendGridAdapter.max_concurrent_requests`` in flight;
 * floor: the same adapter's ``send_batch`` in a bare loop over pre-built ``OutgoingMessage``s,
   in the dispatcher's own ``chunk_size``; no database.
 
@@ -71,21 +73,35 @@ MEMBERS_COUNT = 1000
 SETTINGS = DispatchSettings(claim_size=1000)  # one claim fills one SendGrid request of 1000 personalizations
 EMAIL = {"subject": "Double points this weekend", "html": "<p>Double points on every purchase.</p>",
          "text": "Double points on every purchase."}
+# A campaign email's body is a few kB of inlined-CSS HTML.
+PERSONAL_HTML = ('<table><tr><td style="padding:12px;font-family:Arial,sans-serif;color:#333">Double points on every '
+                 'purchase this weekend. <a href="https://shop.example.com/?utm_source=loyalflow">Shop now</a>'
+                 '</td></tr></table>') * 12
 SHORT_SMS = "Loyalflow: your code is {n}. Show it at the till."  # 1 segment
 LONG_SMS = "Loyalflow {n}: " + "double points this weekend on every purchase in store and online. " * 3  # 2
 
 
-def content_for(channel: str, n: int) -> tuple[str, dict[str, Any]]:
-    """Address and content of message ``n``: shared email content, mixed SMS lengths, distinct push bodies."""
-    if channel == "email":
+def channel_of(kind: str) -> str:
+    """The channel of a measured kind (``email*`` is personalised email)."""
+    return kind.rstrip("*")
+
+
+def content_for(kind: str, n: int) -> tuple[str, dict[str, Any]]:
+    """Address and content of message ``n``: shared or personalised email, mixed SMS lengths, distinct push."""
+    if kind == "email":
         return f"member{n}@example.com", EMAIL
-    if channel == "sms":
+    if kind == "email*":
+        html = f"<p>Hi member {n}, your {n * 7} points are waiting.</p>" + PERSONAL_HTML
+        return f"member{n}@example.com", {"subject": f"Member {n}, we saved you an offer", "html": html,
+                                          "text": f"Hi member {n}, your {n * 7} points are waiting."}
+    if kind == "sms":
         return f"+1416555{n % 10_000:04d}", {"body": (SHORT_SMS if n % 2 == 0 else LONG_SMS).format(n=n)}
     return f"fcm-token-{n:08d}", {"title": "Double points", "body": f"Offer {n} is waiting for you"}
 
 
-def fresh_engine(path: Path, channel: str, count: int) -> sa.Engine:
-    """A migrated SQLite file with the catalogue, members, and ``count`` pending ``channel`` messages."""
+def fresh_engine(path: Path, kind: str, count: int) -> sa.Engine:
+    """A migrated SQLite file with the catalogue, members, and ``count`` pending messages of ``kind``."""
+    channel = channel_of(kind)
     engine = create_db_engine(f"sqlite:///{path}")
     upgrade(engine)
     with session_scope(engine) as session:
@@ -97,7 +113,7 @@ def fresh_engine(path: Path, channel: str, count: int) -> sa.Engine:
         ids: list[int] = list(session.execute(sa.select(MEMBERS.c.id)).scalars())
         messages = []
         for n in range(count):
-            to, content = content_for(channel, n)
+            to, content = content_for(kind, n)
             messages.append(NewMessage(key=f"bench-{channel}-{n}", member_id=ids[n % len(ids)], channel=channel,
                                        template="bench", payload={"to": to, "content": content}))
         enqueue(session, messages)
@@ -109,11 +125,11 @@ def chunk_size(adapter: ChannelAdapter, *, paced: bool = False) -> int:
     return ChannelDispatcher(sa.create_engine("sqlite://"), adapter, settings=SETTINGS, paced=paced).chunk_size
 
 
-def floor_rate(adapter: ChannelAdapter, count: int) -> float:
+def floor_rate(adapter: ChannelAdapter, kind: str, count: int) -> float:
     """Messages/s of ``send_batch`` alone over pre-built messages, in the dispatcher's chunk size."""
     messages = []
     for n in range(count):
-        to, content = content_for(adapter.channel, n)
+        to, content = content_for(kind, n)
         messages.append(OutgoingMessage(message_id=n + 1, key=f"floor-{n}", channel=adapter.channel, to=to,
                                         content=content, tags={"outbox_id": str(n + 1)}))
     size, accepted = chunk_size(adapter), 0
@@ -126,9 +142,9 @@ def floor_rate(adapter: ChannelAdapter, count: int) -> float:
     return count / elapsed
 
 
-def dispatcher_rate(path: Path, adapter: ChannelAdapter, count: int) -> float:
+def dispatcher_rate(path: Path, adapter: ChannelAdapter, kind: str, count: int) -> float:
     """Messages/s of an unpaced dispatcher draining ``count`` queued messages (wall time of ``run``)."""
-    engine = fresh_engine(path, adapter.channel, count)
+    engine = fresh_engine(path, kind, count)
     dispatcher = ChannelDispatcher(engine, adapter, settings=SETTINGS, paced=False)
     started = time.perf_counter()
     stats = dispatcher.run(until_idle=True, poll_seconds=0.05)
@@ -153,21 +169,23 @@ class Throughput:
         return self.ratio >= RATIO_TARGET
 
 
-def throughput(folder: Path, emu: ProviderEmulator, adapter: ChannelAdapter, count: int, repeats: int) -> Throughput:
+def throughput(folder: Path, emu: ProviderEmulator, adapter: ChannelAdapter, kind: str, count: int,
+               repeats: int) -> Throughput:
     """Median floor and dispatcher rates over ``repeats``, alternating which runs first."""
-    adapter.send_batch([OutgoingMessage(0, "warm-up", adapter.channel, *content_for(adapter.channel, 0))])
+    adapter.send_batch([OutgoingMessage(0, "warm-up", adapter.channel, *content_for(kind, 0))])
     floors: list[float] = []
     dispatched: list[float] = []
     for repeat in range(repeats):
-        path = folder / f"{adapter.channel}-{repeat}.db"
+        path = folder / f"{adapter.channel}-{len(kind)}-{repeat}.db"
         order: list[tuple[list[float], Callable[[], float]]] = [
-            (floors, partial(floor_rate, adapter, count)), (dispatched, partial(dispatcher_rate, path, adapter, count))]
+            (floors, partial(floor_rate, adapter, kind, count)),
+            (dispatched, partial(dispatcher_rate, path, adapter, kind, count))]
         for results, measure in order if repeat % 2 == 0 else reversed(order):
             results.append(measure())
             emu.reset()  # forget what was recorded: memory, and nothing else depends on it
-        print(f"  {adapter.channel:<5} run {repeat + 1}: floor {floors[-1]:>9,.0f} msg/s, "
+        print(f"  {kind:<6} run {repeat + 1}: floor {floors[-1]:>9,.0f} msg/s, "
               f"dispatcher {dispatched[-1]:>9,.0f} msg/s")
-    return Throughput(adapter.channel, statistics.median(floors), statistics.median(dispatched))
+    return Throughput(kind, statistics.median(floors), statistics.median(dispatched))
 
 
 @dataclass
@@ -245,16 +263,18 @@ def main() -> None:
     """Parse arguments, measure, print, exit 0 when everything passes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--emails", type=int, default=10_000)
+    parser.add_argument("--personal", type=int, default=3_000, help="personalised emails (one request each)")
     parser.add_argument("--sms", type=int, default=2_000)
     parser.add_argument("--push", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    counts = {"email": args.emails, "sms": args.sms, "push": args.push}
+    counts = {"email": args.emails, "email*": args.personal, "sms": args.sms, "push": args.push}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loyalflow-bench-") as tmp, ProviderEmulator(seed=1) as emu:
         folder, adapters = Path(tmp), make_adapters(emu)
         try:
-            rows = [throughput(folder, emu, adapters[c], n, args.repeats) for c, n in counts.items() if n > 0]
+            rows = [throughput(folder, emu, adapters[channel_of(k)], k, n, args.repeats)
+                    for k, n in counts.items() if n > 0]
             # SMS: half 1-segment, half 2-segment bodies, 1.5 segments a message on average.
             holds = [rate_holding(folder / "paced-email.db", emu, adapters["email"], EMAIL_RATE,
                                   int(EMAIL_RATE * RATE_SECONDS)),

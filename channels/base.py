@@ -12,6 +12,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -113,7 +114,7 @@ class LookupUnsupported(ChannelError):
     """The provider offers no way to ask whether it accepted a message (Web Push, FCM)."""
 
 
-_LIMITS = ("max_batch", "max_body_bytes", "default_rate_per_second")
+_LIMITS = ("max_batch", "max_body_bytes", "default_rate_per_second", "max_concurrent_requests")
 
 
 class ChannelAdapter(ABC):
@@ -129,6 +130,9 @@ class ChannelAdapter(ABC):
     max_batch: ClassVar[int]
     max_body_bytes: ClassVar[int]
     default_rate_per_second: ClassVar[float]
+    #: Provider requests of one `send_batch` in flight at once; raise it only where `_send_provider_batch`
+    #: is thread-safe.
+    max_concurrent_requests: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,14 +158,34 @@ class ChannelAdapter(ABC):
                 sendable.append(message)
             else:
                 results[message.message_id] = SendResult.permanent(message.message_id, rejection)
-        groups: dict[Hashable, list[OutgoingMessage]] = {}
-        for message in sendable:
-            groups.setdefault(self.request_key(message), []).append(message)
-        for group in groups.values():
-            for start in range(0, len(group), self.max_batch):
-                for result in self._send_chunk(group[start : start + self.max_batch]):
-                    results[result.message_id] = result
+        for returned in self._send_groups(self._groups(sendable)):
+            results.update((r.message_id, r) for r in returned)
         return [results[i] for i in ids]
+
+    def _groups(self, messages: Sequence[OutgoingMessage]) -> list[list[OutgoingMessage]]:
+        """`messages` grouped by `request_key`, in order of first appearance."""
+        groups: dict[Hashable, list[OutgoingMessage]] = {}
+        for message in messages:
+            groups.setdefault(self.request_key(message), []).append(message)
+        return list(groups.values())
+
+    def _send_group(self, group: list[OutgoingMessage]) -> list[SendResult]:
+        """One group's requests of at most `max_batch` messages, in order (they reach the provider in order)."""
+        return [result for start in range(0, len(group), self.max_batch)
+                for result in self._send_chunk(group[start : start + self.max_batch])]
+
+    def _send_groups(self, groups: list[list[OutgoingMessage]]) -> list[list[SendResult]]:
+        """Send the groups, up to `max_concurrent_requests` at once; each request's results stand alone.
+
+        Personalised messages (a distinct email body per member) are a group, and a request, each: one at a
+        time, the dispatcher would spend its time waiting for the provider's answer to every single message.
+        """
+        workers = min(self.max_concurrent_requests, len(groups))
+        if workers <= 1:
+            return [self._send_group(group) for group in groups]
+        # _send_chunk never raises for a send failure, so map() yields every group's results.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.provider}-send") as pool:
+            return list(pool.map(self._send_group, groups))
 
     def request_key(self, message: OutgoingMessage) -> Hashable:
         """Messages with different keys never share a provider request (e.g. different email content).

@@ -4,7 +4,8 @@ One provider batch (at most 1000 messages) becomes one request per distinct cont
 text and categories are equal share one request, one personalization each (SendGrid allows 1000 per request).
 Everything per member travels in the personalization: the address, `custom_args` (`outbox_id`, `key` and the
 message's tags, all strings, as SendGrid requires; they come back on every webhook event) and headers, including
-RFC 8058 one-click unsubscribe.
+RFC 8058 one-click unsubscribe. Requests of different content (personalised campaign email: one request per member)
+go out up to `max_concurrent_requests` at once (see `ChannelAdapter.send_batch`); each keeps its own results.
 
 Unsubscribe: a message gets `List-Unsubscribe: <url>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
 when it has an unsubscribe URL: from the `unsubscribe_url_for(message)` callback when one is configured, otherwise
@@ -110,6 +111,9 @@ class SendGridAdapter(ChannelAdapter):
     max_batch: ClassVar[int] = 1000  # personalizations (and recipients) per request
     max_body_bytes: ClassVar[int] = 30 * 1024 * 1024  # SendGrid's limit for a whole message
     default_rate_per_second: ClassVar[float] = 100.0
+    # Personalised emails (a body per member) are one request each: keep a few in flight rather than wait for
+    # every answer in turn. The client opens one connection per request and keeps no per-call state.
+    max_concurrent_requests: ClassVar[int] = 4
 
     def __init__(
         self,

@@ -11,14 +11,16 @@ provider would have delivered — retries and failures included in their true ef
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import re
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.header import Header
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -106,10 +108,9 @@ class SandboxMailbox:
             self._append(self.push_file, self._push_line(record), "push")
 
     def _write_email(self, email: RecordedEmail) -> None:
-        message = email_message(email)
         name = f"{_stamp(email.accepted_at)}-{_UNSAFE.sub('_', email.to[0] if email.to else 'nobody')}"
         path = self.email_dir / f"{name}-{_UNSAFE.sub('_', email.message_id)}.eml"
-        path.write_bytes(bytes(message))
+        path.write_bytes(eml_bytes(email))
         with self._lock:
             self.counts.email += 1
 
@@ -136,26 +137,53 @@ class SandboxMailbox:
 _PUSH_HEADERS = {"ttl", "urgency", "topic"}
 
 
-def email_message(email: RecordedEmail) -> EmailMessage:
-    """The MIME message a mail client would show for a recorded SendGrid personalization."""
-    message = EmailMessage()
-    message["From"] = email.from_email
-    message["To"] = ", ".join(email.to)
+def eml_bytes(email: RecordedEmail) -> bytes:
+    """The ``.eml`` a mail client would show for a recorded SendGrid personalization (RFC 5322 + MIME).
+
+    Written by hand rather than through :class:`email.message.EmailMessage`, whose header registry
+    costs ~3.5 ms a message: the sandbox writes one file per accepted email inside the emulator's
+    request handling, so that cost alone held a personalised campaign to ~110 emails/s. Headers are
+    RFC 2047-encoded when not plain ASCII, bodies quoted-printable (C ``binascii``), the boundary
+    starts with ``=_``, which quoted-printable text can never contain.
+    """
+    lines = [_header("From", email.from_email), _header("To", ", ".join(email.to))]
     if email.cc:
-        message["Cc"] = ", ".join(email.cc)
-    message["Subject"] = email.subject or ""
-    message["Date"] = format_datetime(datetime.fromtimestamp(email.accepted_at, UTC))
-    message["Message-ID"] = f"<{email.message_id}@sandbox.loyalflow>"
-    for name, value in email.headers.items():
-        if name.lower() not in {"from", "to", "cc", "subject", "date", "message-id"}:
-            message[name] = value
+        lines.append(_header("Cc", ", ".join(email.cc)))
+    lines += [_header("Subject", email.subject or ""),
+              _header("Date", format_datetime(datetime.fromtimestamp(email.accepted_at, UTC))),
+              _header("Message-ID", f"<{email.message_id}@sandbox.loyalflow>")]
+    lines += [_header(name, value) for name, value in email.headers.items() if name.lower() not in _OWN_HEADERS]
     if email.custom_args:
-        message["X-Loyalflow-Custom-Args"] = json.dumps(dict(email.custom_args), sort_keys=True)
+        lines.append(_header("X-Loyalflow-Custom-Args", json.dumps(dict(email.custom_args), sort_keys=True)))
+    lines.append("MIME-Version: 1.0")
     parts = dict(email.content)
-    message.set_content(parts.get("text/plain", ""))
-    if "text/html" in parts:
-        message.add_alternative(parts["text/html"], subtype="html")
-    return message
+    text = _text_part("plain", parts.get("text/plain", ""))
+    if "text/html" not in parts:
+        return ("\n".join(lines) + "\n").encode() + text
+    boundary = f"=_loyalflow_{secrets.token_hex(12)}"
+    lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    head = ("\n".join(lines) + f"\n\n--{boundary}\n").encode()
+    html = _text_part("html", parts["text/html"])
+    return head + text + f"\n--{boundary}\n".encode() + html + f"\n--{boundary}--\n".encode()
+
+
+_OWN_HEADERS = {"from", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type",
+                "content-transfer-encoding"}
+
+
+def _header(name: str, value: str) -> str:
+    """One header line; line breaks in a value become spaces (no header injection from a request body)."""
+    value = " ".join(str(value).splitlines())
+    if value.isascii() and len(name) + len(value) < 900:  # RFC 5322 allows 998 characters a line
+        return f"{name}: {value}"
+    return f"{name}: {Header(value, 'utf-8', header_name=name).encode()}"
+
+
+def _text_part(subtype: str, body: str) -> bytes:
+    """A text/<subtype> MIME part in UTF-8, quoted-printable, line breaks as ``\\n``."""
+    encoded = binascii.b2a_qp("\n".join(body.splitlines()).encode(), istext=True)
+    return (f'Content-Type: text/{subtype}; charset="utf-8"\nContent-Transfer-Encoding: quoted-printable\n\n'
+            .encode() + encoded + b"\n")
 
 
 def _sms_line(sms: RecordedSms) -> dict[str, Any]:

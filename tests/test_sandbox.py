@@ -79,3 +79,29 @@ def test_configured_providers_get_their_real_adapters_with_the_request_timeout(s
         assert isinstance(email, SendGridAdapter) and email.host == "http://127.0.0.1:9"
         assert email._client.client.timeout == 3.5
         assert isinstance(sms, TwilioSmsAdapter) and sms._http.timeout == 3.5
+
+
+def _recorded(subject: str, content: tuple[tuple[str, str], ...], headers: dict[str, str]) -> object:
+    from channels.emulator_records import RecordedEmail
+
+    return RecordedEmail(message_id="m1.0", x_message_id="m1", index=0, from_email="rewards@example.com",
+                         to=("zoe@example.com",), cc=(), bcc=(), subject=subject, content=content, template_id=None,
+                         headers=headers, custom_args={"outbox_id": "7"}, categories=(), accepted_at=1_700_000_000.0)
+
+
+def test_eml_files_round_trip_and_refuse_header_injection() -> None:
+    from channels.sandbox import eml_bytes
+
+    html = "<p>Bonjour Zoé, 1\u202f250 points =D0 à dépenser</p>" + "x" * 200
+    email = _recorded("Joyeux anniversaire, Zoé ! 🎂", (("text/plain", "Bonjour Zoé\r\nligne 2"), ("text/html", html)),
+                      {"List-Unsubscribe": "<https://r.example.com/u/abc>\r\nBcc: victim@example.com"})
+    parsed = BytesParser(policy=policy.default).parsebytes(eml_bytes(email))  # type: ignore[arg-type]
+    assert parsed["Subject"] == "Joyeux anniversaire, Zoé ! 🎂" and parsed["To"] == "zoe@example.com"
+    assert parsed["Bcc"] is None and "victim@example.com" in parsed["List-Unsubscribe"]  # one line, no new header
+    assert parsed["X-Loyalflow-Custom-Args"] == '{"outbox_id": "7"}'
+    text, rich = parsed.get_body(("plain",)), parsed.get_body(("html",))
+    assert text is not None and rich is not None and not parsed.defects
+    assert text.get_content().rstrip("\n") == "Bonjour Zoé\nligne 2" and rich.get_content().rstrip("\n") == html
+    plain_only = BytesParser(policy=policy.default).parsebytes(
+        eml_bytes(_recorded("Hi", (("text/plain", "Only text"),), {})))  # type: ignore[arg-type]
+    assert not plain_only.is_multipart() and plain_only.get_content().rstrip("\n") == "Only text"
