@@ -20,6 +20,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from loyalty import jobs
+from loyalty.campaign_run import template_library
 from loyalty.delivery import open_channels
 from loyalty.dispatch import dispatch
 from loyalty.models import OUTBOX_MESSAGES
@@ -41,8 +42,8 @@ _SUMMED = ("considered", "queued", "already_queued", "handled")
 
 
 def _library() -> TemplateLibrary:
-    rt = jobs.runtime()
-    return TemplateLibrary.from_settings(rt.settings, rt.programme)
+    """The process's compiled template library (recompiled only when a template file changes)."""
+    return template_library(jobs.runtime())
 
 
 def _merge(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:

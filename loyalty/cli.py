@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -35,6 +35,7 @@ from loyalty.cli_campaigns import campaigns_app
 from loyalty.cli_flows import flows_app
 from loyalty.cli_models import evaluate_app, models_app
 from loyalty.cli_outbox import outbox_app
+from loyalty.cli_support import fail
 from loyalty.cli_templates import templates_app
 from loyalty.db import create_db_engine, current_revision, session_scope, upgrade
 from loyalty.programme import ConfigError, Programme, load_programme, sync_catalogue
@@ -42,7 +43,6 @@ from loyalty.settings import Settings, load_settings
 from loyalty.types import as_utc
 
 console = Console()
-err_console = Console(stderr=True)
 
 app = typer.Typer(help="loyalflow: run the customer-facing side of a loyalty programme.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -71,12 +71,6 @@ class AppContext:
     @cached_property
     def programme(self) -> Programme:
         return load_programme(self.settings.config_dir)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print an error in red and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 @app.callback()

@@ -14,17 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loyalty.cli_support import app_context as _app
 from loyalty.types import as_utc, utcnow
 
 if TYPE_CHECKING:
-    from loyalty.cli import AppContext
+    pass
 
 attribution_app = typer.Typer(help="Attribute purchases to campaign runs.")  # merged into the top level
 console = Console()
-
-
-def _app(ctx: typer.Context) -> AppContext:
-    return ctx.obj  # type: ignore[no-any-return,unused-ignore]  # set by loyalty.cli's callback
 
 
 def _percent(value: float | None) -> str:

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loyalty.cli_support import app_context as _app
 from loyalty.types import as_utc, utcnow
 
 if TYPE_CHECKING:
@@ -17,10 +18,6 @@ if TYPE_CHECKING:
 
 campaigns_app = typer.Typer(help="Campaigns in config/campaigns: list, check, run.", no_args_is_help=True)
 console = Console()
-
-
-def _app(ctx: typer.Context) -> AppContext:
-    return ctx.obj  # type: ignore[no-any-return,unused-ignore]  # set by loyalty.cli's callback
 
 
 def _specs(app_ctx: AppContext) -> dict[str, CampaignSpec]:

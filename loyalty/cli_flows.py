@@ -8,19 +8,19 @@ so ``loyalflow --help`` stays instant.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from loyalty.cli_support import app_context as _app
+from loyalty.cli_support import fail as _fail
 from loyalty.programme import ConfigError, load_programme
 
 if TYPE_CHECKING:
     from flows.serve import DeploymentSpec
-    from loyalty.cli import AppContext
-
 
 
 class RunnerChoice(StrEnum):
@@ -32,16 +32,6 @@ class RunnerChoice(StrEnum):
 
 flows_app = typer.Typer(help="Serve the Prefect deployments.")  # merged into the top level
 console = Console()
-err_console = Console(stderr=True)
-
-
-def _app(ctx: typer.Context) -> AppContext:
-    return ctx.obj  # type: ignore[no-any-return,unused-ignore]  # set by loyalty.cli's callback
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def deployments_table(specs: list[DeploymentSpec], missing: dict[str, str]) -> Table:

@@ -15,22 +15,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loyalty.cli_support import app_context as _app
+from loyalty.cli_support import fail as _fail
+
 if TYPE_CHECKING:
-    from loyalty.cli import AppContext
+    pass
 
 evaluate_app = typer.Typer(help="Evaluate and train recommenders.")  # merged into the top level
 models_app = typer.Typer(help="Trained model artifacts.", no_args_is_help=True)
 console = Console()
-err_console = Console(stderr=True)
-
-
-def _app(ctx: typer.Context) -> AppContext:
-    return ctx.obj  # type: ignore[no-any-return,unused-ignore]  # set by loyalty.cli's callback
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _shrinkage(text: str) -> str | float | None:

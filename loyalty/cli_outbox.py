@@ -12,16 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loyalty.cli_support import app_context as _app
+
 if TYPE_CHECKING:
-    from loyalty.cli import AppContext
+    pass
 
 outbox_app = typer.Typer(help="The outbox: dispatch queued messages, see where they stand.", no_args_is_help=True)
 console = Console()
 CHANNELS = ("email", "sms", "push")
-
-
-def _app(ctx: typer.Context) -> AppContext:
-    return ctx.obj  # type: ignore[no-any-return,unused-ignore]  # set by loyalty.cli's callback
 
 
 @outbox_app.command("dispatch")

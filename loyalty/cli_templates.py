@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loyalty.cli_support import app_context as _app
+
 if TYPE_CHECKING:
     from loyalty.cli import AppContext
     from loyalty.rendering import TemplateLibrary
@@ -19,10 +21,6 @@ templates_app = typer.Typer(help="Message templates: check them, preview them.",
 console = Console()
 err_console = Console(stderr=True)
 CHANNELS = ("email", "sms", "push")
-
-
-def _app(ctx: typer.Context) -> AppContext:
-    return ctx.obj  # type: ignore[no-any-return,unused-ignore]  # set by loyalty.cli's callback
 
 
 def _library(app_ctx: AppContext) -> TemplateLibrary:
