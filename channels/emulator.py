@@ -32,8 +32,8 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, MutableSequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -82,6 +82,11 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _records(retain: int | None) -> MutableSequence[Any]:
+    """A list keeping everything, or a deque keeping the last ``retain`` records."""
+    return [] if retain is None else deque(maxlen=retain)
+
+
 class _Drop(Exception):
     """Raised inside the request handler to close the socket without an answer."""
 
@@ -91,12 +96,18 @@ class ProviderEmulator:
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. ``port=0`` picks a free
     port; :attr:`url` is the base URL to hand to the real clients.
+
+    ``retain=None`` (tests) keeps every record in lists. A number keeps only the most recent that
+    many of each kind, as a real provider's activity feed keeps recent history only: the sandbox
+    runs whole campaigns through one emulator, and the bodies are already on disk in its mailbox.
+    Reconciliation looks up a lost answer seconds after the send, well inside that window.
     """
 
     TWILIO_ACCOUNT_SID = "AC" + "0" * 32
     TWILIO_AUTH_TOKEN = "emulator-auth-token"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, seed: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, seed: int = 0,
+                 retain: int | None = None) -> None:
         self._host, self._port = host, port
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -104,13 +115,13 @@ class ProviderEmulator:
         self._thread: threading.Thread | None = None
         self.faults = Faults()
         self.stats: Counter[str] = Counter()
-        self.emails: list[RecordedEmail] = []
-        self.sms: list[RecordedSms] = []
-        self.requests: list[RecordedRequest] = []
+        self.emails: MutableSequence[RecordedEmail] = _records(retain)
+        self.sms: MutableSequence[RecordedSms] = _records(retain)
+        self.requests: MutableSequence[RecordedRequest] = _records(retain)
         self.sendgrid_api_keys: set[str] | None = None  # None: any non-empty bearer key is accepted
         self.twilio_accounts: dict[str, str] = {self.TWILIO_ACCOUNT_SID: self.TWILIO_AUTH_TOKEN}
         self.opted_out: set[str] = set()
-        self.push: list[RecordedPush] = []
+        self.push: MutableSequence[RecordedPush] = _records(retain)
         self.gone_push_endpoints: set[str] = set()  # Web Push endpoints answering 410 Gone
         self.unregistered_fcm_tokens: set[str] = set()  # FCM tokens answering 404 UNREGISTERED
         # Web Push endpoint -> the only VAPID public key (base64url) it accepts; others accept any valid key.

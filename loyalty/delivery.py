@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 SANDBOX_SENDGRID_KEY = "SG.sandbox"  # the emulator accepts any bearer key
 SANDBOX_FROM_NUMBER = "+15005550006"  # Twilio's magic test number
+# Records the sandbox emulator keeps per kind (its mailbox on disk keeps every message).
+SANDBOX_RETAIN = 50_000
 
 
 @dataclass
@@ -80,7 +82,7 @@ def open_channels(settings: Settings) -> Iterator[OpenChannels]:
     """Build every channel's adapter; start the sandbox for those without keys; close all on exit."""
     opened = OpenChannels(sandboxed=needs_sandbox(settings))
     if opened.sandboxed:
-        opened.emulator = ProviderEmulator().start()
+        opened.emulator = ProviderEmulator(retain=SANDBOX_RETAIN).start()
         opened.mailbox = SandboxMailbox(settings.sandbox_dir)
         opened.emulator.add_listener(opened.mailbox.listen)
         log.info("sandbox for %s: messages are written to %s", ", ".join(sorted(opened.sandboxed)),

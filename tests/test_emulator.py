@@ -77,6 +77,20 @@ def offer_mail(n: int = 3) -> Mail:
     return mail
 
 
+def test_bounded_retention_keeps_the_most_recent_records() -> None:
+    """The sandbox's emulator keeps recent history only, so a long campaign does not grow its memory."""
+    with ProviderEmulator(retain=4) as emu:
+        for _ in range(3):
+            assert sendgrid_client(emu).send(offer_mail(2)).status_code == 202
+        assert [e.custom_args["outbox_id"] for e in emu.emails] == ["ob-0", "ob-1"] * 2
+        assert len(emu.requests) == 3  # fewer than the bound: nothing dropped yet
+        for _ in range(3):
+            sendgrid_client(emu).send(offer_mail(1))
+        assert len(emu.requests) == 4
+        assert [e.custom_args["outbox_id"] for e in emu.emails] == ["ob-1", "ob-0", "ob-0", "ob-0"]
+        assert len(emu.find_email("outbox_id", "ob-0")) == 3  # lookups see what is kept
+
+
 # -- SendGrid ------------------------------------------------------------------------------------
 
 
