@@ -323,3 +323,6 @@ class CampaignOutcome(SQLModel, table=True):
 
 
 CAMPAIGN_OUTCOMES: sa.Table = CampaignOutcome.__table__  # type: ignore[attr-defined]
+
+# The measurement tables live in their own module; importing it here puts them in the same metadata.
+from loyalty.models_measurement import LIFETIME_FITS, MEMBER_LIFETIME, SURVEY_RESPONSES  # noqa: E402, F401
