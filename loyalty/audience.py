@@ -1,7 +1,9 @@
 """A campaign's audience in SQL: balanced id ranges to fan out over, and the member ids in one range.
 
 Only the filters SQL can answer are applied here — tiers, activity windows on
-``members.last_purchase_at``, locales, points balance, join date — plus reachability: the member
+``members.last_purchase_at``, locales, points balance, join date, the lifetime fit (``member_lifetime``:
+P(alive) and 12-month CLV; a member without a row matches no lifetime bound) and the latest NPS answer
+(``survey_responses``, up to the slot) — plus reachability: the member
 is opted in on at least one of the campaign's channels *and* has an address there that is not
 suppressed. Behavioural segments need the scored features, so the campaign flow applies
 ``audience.segments`` after scoring. Both functions run one statement however many members match,
@@ -22,7 +24,8 @@ from sqlalchemy.engine import Engine
 from loyalty.campaigns import Audience, CampaignSpec
 from loyalty.db import balanced_ranges, fetch_rows
 from loyalty.models import CHANNEL_CONSENTS, MEMBERS, PUSH_SUBSCRIPTIONS, SUPPRESSIONS
-from loyalty.types import Channel, as_utc
+from loyalty.models_measurement import MEMBER_LIFETIME, SURVEY_RESPONSES
+from loyalty.types import NPS_SCORES, Channel, as_utc
 
 m = MEMBERS
 
@@ -81,7 +84,35 @@ def _member_filters(audience: Audience, as_of: datetime) -> list[sa.ColumnElemen
         conditions.append(m.c.joined_at >= as_of - timedelta(days=audience.joined_within_days))
     if audience.birthday_within_days is not None:
         conditions.append(_birthday_within(as_of.date(), audience.birthday_within_days))
+    lifetime = _lifetime(audience)
+    if lifetime is not None:
+        conditions.append(lifetime)
+    if audience.nps_categories:
+        conditions.append(_nps(audience, as_of))
     return conditions
+
+
+def _lifetime(audience: Audience) -> sa.ColumnElement[bool] | None:
+    """The member's ``member_lifetime`` row passes the lifetime bounds (no row: no match); None without bounds."""
+    ml = MEMBER_LIFETIME.c
+    bounds = [ml.p_alive >= audience.min_p_alive if audience.min_p_alive is not None else None,
+              ml.p_alive <= audience.max_p_alive if audience.max_p_alive is not None else None,
+              ml.clv_12m_cents >= audience.min_clv_12m_cents if audience.min_clv_12m_cents is not None else None]
+    wanted = [b for b in bounds if b is not None]
+    if not wanted:
+        return None
+    return sa.exists(sa.select(ml.member_id).where(ml.member_id == m.c.id, *wanted).correlate_except(MEMBER_LIFETIME))
+
+
+def _nps(audience: Audience, as_of: datetime) -> sa.ColumnElement[bool]:
+    """The member's latest survey answer up to the slot (within ``nps_within_days`` if set) is in a wanted group."""
+    s = SURVEY_RESPONSES.c
+    window = [s.member_id == m.c.id, s.responded_at <= as_of]
+    if audience.nps_within_days is not None:
+        window.append(s.responded_at >= as_of - timedelta(days=audience.nps_within_days))
+    latest = (sa.select(s.score).where(*window).order_by(s.responded_at.desc(), s.id.desc()).limit(1)
+              .correlate_except(SURVEY_RESPONSES).scalar_subquery())
+    return sa.or_(*(latest.between(*NPS_SCORES[category]) for category in audience.nps_categories))
 
 
 def birthday_days(start: date, days: int) -> set[tuple[int, int]]:

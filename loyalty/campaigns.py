@@ -36,7 +36,7 @@ from pydantic import (
 from loyalty.programme import ConfigError, Programme, describe_validation_error, read_yaml
 from loyalty.rendering import CHANNEL_FILES
 from loyalty.settings import PolicySettings
-from loyalty.types import Channel
+from loyalty.types import Channel, NpsCategory
 
 #: How far ahead a cron expression is searched for its next slot: 8 years covers every leap-day rule.
 _CRON_HORIZON_DAYS = 8 * 366
@@ -104,6 +104,12 @@ class Audience(_Strict):
     joined_within_days: int | None = Field(default=None, gt=0)
     birthday_within_days: int | None = Field(
         default=None, gt=0, le=31, description="Birthday (month and day) within this many days from the slot's date.")
+    min_p_alive: float | None = Field(default=None, ge=0, le=1, description="Lifetime fit: P(alive) at least this.")
+    max_p_alive: float | None = Field(default=None, ge=0, le=1, description="Lifetime fit: P(alive) at most this.")
+    min_clv_12m_cents: int | None = Field(default=None, ge=0, description="Lifetime fit: 12-month CLV at least this.")
+    nps_categories: list[NpsCategory] = Field(
+        default_factory=list, description="Latest survey answer: promoter (9-10), passive (7-8), detractor (0-6).")
+    nps_within_days: int | None = Field(default=None, gt=0, description="That answer given within this many days.")
 
     @field_validator("tiers")
     @classmethod
@@ -121,6 +127,10 @@ class Audience(_Strict):
             raise ValueError("inactive_for_days must be less than active_within_days (nobody could match)")
         if self.min_points is not None and self.max_points is not None and self.min_points > self.max_points:
             raise ValueError("min_points must not exceed max_points")
+        if self.min_p_alive is not None and self.max_p_alive is not None and self.min_p_alive > self.max_p_alive:
+            raise ValueError("min_p_alive must not exceed max_p_alive")
+        if self.nps_within_days is not None and not self.nps_categories:
+            raise ValueError("nps_within_days needs nps_categories (which answers to keep)")
         return self
 
 

@@ -5,6 +5,8 @@ messages with their delivery events, campaign assignments), each scoped to ``[st
 and to what was known strictly before ``as_of`` (so features for a past campaign do not leak
 its own outcome). The result has the columns :data:`recommenders.features.RAW_COLUMNS` plus
 ``spend365_<category>``; :func:`recommenders.features.build_features` turns it into numbers.
+On request (``lifetime=True``) it also carries :data:`LIFETIME_COLUMNS` from ``member_lifetime``; they are
+not in the default feature set, so models trained before keep their recorded schemas.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from loyalty.models import (
     TIER_CHANGES,
     TRANSACTIONS,
 )
+from loyalty.models_measurement import LIFETIME_FITS, MEMBER_LIFETIME
 from loyalty.programme import Programme, TierBasis
 from loyalty.tiers import window_start
 from loyalty.types import PointsKind
@@ -37,6 +40,8 @@ from recommenders.features import WINDOWS
 
 DAY = timedelta(days=1)
 EXPIRY_HORIZON_DAYS = 30
+#: Optional columns from the latest lifetime fit (:mod:`loyalty.clv`), added by ``load_member_rows(lifetime=True)``.
+LIFETIME_COLUMNS = ("p_alive", "clv_12m_cents")
 
 
 def _frame(connection: Connection, query: sa.Select[Any], columns: Sequence[str]) -> pd.DataFrame:
@@ -132,19 +137,37 @@ def _exposure(connection: Connection, lo: int, hi: int, as_of: datetime) -> pd.D
     return _frame(connection, query, ["member_id", "offers_received", "offers_converted"])
 
 
+def _lifetime(connection: Connection, lo: int, hi: int, as_of: datetime) -> pd.DataFrame:
+    """P(alive) and 12-month CLV from ``member_lifetime``, only when its fit used no data from ``as_of`` on."""
+    ml, f = MEMBER_LIFETIME.c, LIFETIME_FITS.c
+    query = (sa.select(ml.member_id, ml.p_alive, ml.clv_12m_cents)
+             .join(LIFETIME_FITS, f.id == ml.fit_id)
+             .where(ml.member_id >= lo, ml.member_id < hi, f.as_of <= as_of))
+    frame = _frame(connection, query, ["member_id", *LIFETIME_COLUMNS])
+    return frame.astype({"p_alive": float, "clv_12m_cents": float})
+
+
 def load_member_rows(bind: Engine | Connection, programme: Programme, *, id_range: tuple[int, int],
-                     as_of: datetime) -> pd.DataFrame:
-    """Raw feature rows of the members in ``[start, stop)`` who had joined before ``as_of``."""
+                     as_of: datetime, lifetime: bool = False) -> pd.DataFrame:
+    """Raw feature rows of the members in ``[start, stop)`` who had joined before ``as_of``.
+
+    ``lifetime=True`` adds the optional :data:`LIFETIME_COLUMNS` (opt-in, so the default feature set and the
+    schemas recorded with trained models do not change): NaN for a member without a ``member_lifetime`` row,
+    and for everyone when the stored fit is later than ``as_of`` (it would leak what happened after).
+    """
     if isinstance(bind, Engine):
         with bind.connect() as connection:
-            return load_member_rows(connection, programme, id_range=id_range, as_of=as_of)
+            return load_member_rows(connection, programme, id_range=id_range, as_of=as_of, lifetime=lifetime)
     lo, hi = id_range
     categories = list(programme.earn.category_multipliers)
     tier_since = window_start(programme.tiers, as_of)
     rows = _members(bind, lo, hi, as_of)
-    for part in (_transactions(bind, lo, hi, as_of, categories, tier_since),
-                 _points(bind, programme, lo, hi, as_of, tier_since), _tiers_at(bind, lo, hi, as_of),
-                 _consents(bind, lo, hi, as_of), _engagement(bind, lo, hi, as_of), _exposure(bind, lo, hi, as_of)):
+    parts = [_transactions(bind, lo, hi, as_of, categories, tier_since),
+             _points(bind, programme, lo, hi, as_of, tier_since), _tiers_at(bind, lo, hi, as_of),
+             _consents(bind, lo, hi, as_of), _engagement(bind, lo, hi, as_of), _exposure(bind, lo, hi, as_of)]
+    if lifetime:
+        parts.append(_lifetime(bind, lo, hi, as_of))
+    for part in parts:
         rows = rows.merge(part, on="member_id", how="left")
     return _finish(rows, programme, as_of)
 

@@ -157,3 +157,76 @@ def test_birthdays_within_days_including_leap_day(engine: Engine, programme: Pro
         week = audience_ids(connection, _spec(programme, birthday_within_days=7), EVERYONE, as_of=slot)
     assert today == sorted([born["today"], born["leap_day"]])
     assert week == sorted([born["today"], born["leap_day"], born["tomorrow"]])
+
+
+def _lifetime_rows(session: Session, rows: dict[int, tuple[float, int]]) -> None:
+    """One fit and a ``member_lifetime`` row (p_alive, clv_12m_cents) for each member in ``rows``."""
+    from loyalty.models_measurement import LifetimeFit, MemberLifetime
+
+    fit = LifetimeFit(as_of=AS_OF, members=len(rows), params={})
+    session.add(fit)
+    session.flush()
+    assert fit.id is not None
+    for member_id, (p_alive, clv_cents) in rows.items():
+        session.add(MemberLifetime(member_id=member_id, fit_id=fit.id, frequency=1, recency_days=10.0,
+                                   age_days=100.0, monetary_cents=1000, p_alive=p_alive,
+                                   expected_purchases_12m=1.0, clv_12m_cents=clv_cents))
+    session.commit()
+
+
+def test_lifetime_filters_use_member_lifetime_and_need_a_row(engine: Engine, programme: Programme,
+                                                             people: dict[str, int], session: Session) -> None:
+    _lifetime_rows(session, {people["lapsing_gold"]: (0.2, 500), people["recent"]: (0.9, 12_000),
+                             people["lapsed_long_ago"]: (0.5, 3_000), people["sms_only"]: (0.95, 50_000)})
+
+    def names(**audience: Any) -> list[str]:
+        return _names(engine, _spec(programme, **audience), people)
+
+    assert names(min_p_alive=0.5) == ["recent", "lapsed_long_ago"]  # sms_only is not reachable by email
+    assert names(max_p_alive=0.5) == ["lapsing_gold", "lapsed_long_ago"]
+    assert names(min_p_alive=0.3, max_p_alive=0.6) == ["lapsed_long_ago"]
+    assert names(min_clv_12m_cents=3_000) == ["recent", "lapsed_long_ago"]
+    assert names(min_p_alive=0.0) == ["lapsing_gold", "recent", "lapsed_long_ago"]  # no row: no match
+    assert names(min_clv_12m_cents=0, tiers=["gold"]) == ["lapsing_gold"]
+
+
+def test_nps_categories_use_the_latest_answer_within_the_window(engine: Engine, programme: Programme,
+                                                                people: dict[str, int], session: Session) -> None:
+    from loyalty.models_measurement import SurveyResponse
+
+    answers = {"lapsing_gold": [(400, 10), (20, 3)],  # once a promoter, lately a detractor
+               "recent": [(5, 9)], "lapsed_long_ago": [(100, 7)], "never_bought": [(30, 6), (2, 10)],
+               "new_member": [(-1, 2)]}  # answered after the slot: unknown at the slot
+    for name, history in answers.items():
+        for i, (days_ago, score) in enumerate(history):
+            session.add(SurveyResponse(invitation_key=f"{name}-{i}", member_id=people[name], channel="web",
+                                       score=score, responded_at=_ago(days_ago)))
+    session.commit()
+
+    def names(categories: list[str], within: int | None = None) -> list[str]:
+        return _names(engine, _spec(programme, nps_categories=categories, nps_within_days=within), people)
+
+    assert names(["promoter"]) == ["recent", "never_bought"]
+    assert names(["detractor"]) == ["lapsing_gold"]
+    assert names(["passive"]) == ["lapsed_long_ago"]
+    assert names(["passive", "detractor"], within=60) == ["lapsing_gold"]
+    assert names(["promoter"], within=3) == ["never_bought"]
+    assert names(["promoter", "passive", "detractor"]) == [
+        "lapsing_gold", "recent", "lapsed_long_ago", "never_bought"]
+
+
+@pytest.mark.parametrize(("audience", "message"), [
+    ({"min_p_alive": 1.5}, "audience.min_p_alive"),
+    ({"max_p_alive": -0.1}, "audience.max_p_alive"),
+    ({"min_p_alive": 0.8, "max_p_alive": 0.2}, "min_p_alive must not exceed max_p_alive"),
+    ({"min_clv_12m_cents": -1}, "audience.min_clv_12m_cents"),
+    ({"nps_categories": ["fan"]}, "audience.nps_categories.0"),
+    ({"nps_within_days": 30}, "nps_within_days needs nps_categories"),
+    ({"nps_categories": ["promoter"], "nps_within_days": 0}, "audience.nps_within_days"),
+])
+def test_lifetime_and_nps_filters_are_validated(programme: Programme, audience: dict[str, Any], message: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as error:
+        _spec(programme, **audience)
+    assert message in str(error.value)

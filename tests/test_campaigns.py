@@ -44,7 +44,7 @@ def _spec(programme: Programme, **changes: Any) -> CampaignSpec:
 def test_shipped_campaigns_load_against_shipped_programme_and_templates(programme: Programme) -> None:
     specs = load_campaigns(REPO_ROOT / "config" / "campaigns", programme, TEMPLATES)
     assert set(specs) == {"weekly_points_reminder", "win_back", "double_points_weekend", "new_member_bonus",
-                          "birthday"}
+                          "birthday", "nps_survey", "service_recovery"}
     assert specs["birthday"].schedule.member_local is not None and specs["birthday"].audience.birthday_within_days
     win_back = specs["win_back"]
     assert win_back.offers == ["ten_percent_off", "free_coffee", "bonus_500"]
