@@ -247,6 +247,11 @@ def _subject(library: TemplateLibrary, variant: Variant | None, context: RenderC
         end_budget(token)
 
 
+def message_key(run_id: int, member_id: int) -> str:
+    """The outbox key of a run's message to a member (a survey's invitation key)."""
+    return f"campaign:{run_id}:{member_id}"
+
+
 def _template(spec: CampaignSpec, item: Treated) -> str:
     return (item.variant.template if item.variant else None) or spec.template
 
@@ -261,13 +266,13 @@ def _message(library: TemplateLibrary, spec: CampaignSpec, run: tuple[int, datet
         content["subject"] = subject
     run_id, slot = run
     tags = {"campaign": spec.name, "run_id": str(run_id), "variant": item.variant.name if item.variant else ""}
-    return NewMessage(key=f"campaign:{run_id}:{item.member_id}", member_id=item.member_id,
+    return NewMessage(key=message_key(run_id, item.member_id), member_id=item.member_id,
                       channel=recipient.channel, template=template, run_id=run_id, offer_code=item.offer,
                       payload=recipient.payload(content, rendered.headers, tags),
                       not_before=member_local_time(spec, context.member.time_zone, slot))
 
 
-def _contexts(session: Session, rt: jobs.Runtime, spec: CampaignSpec, treated: Sequence[Treated],
+def _contexts(session: Session, rt: jobs.Runtime, spec: CampaignSpec, run_id: int, treated: Sequence[Treated],
               as_of: datetime) -> dict[int, RenderContext]:
     """Render contexts carrying the campaign and each member's own offer."""
     expiring = _EXPIRY_DAYS if _EXPIRY_TEMPLATE in campaign_templates(spec) else None
@@ -276,7 +281,8 @@ def _contexts(session: Session, rt: jobs.Runtime, spec: CampaignSpec, treated: S
                               expiring_within_days=expiring, now=as_of)
     views = {o.code: offer_view(o) for o in rt.programme.offers if o.code in spec.offers}
     offers = {t.member_id: t.offer for t in treated}
-    return {mid: replace(c, offer=views.get(offers[mid] or "")) for mid, c in contexts.items()
+    return {mid: replace(c, offer=views.get(offers[mid] or ""), message_key=message_key(run_id, mid))
+            for mid, c in contexts.items()
             if expiring is None or c.points_expiring > 0}
 
 
@@ -297,7 +303,7 @@ def _render_all(library: TemplateLibrary, spec: CampaignSpec,
 def _treat(session: Session, rt: jobs.Runtime, library: TemplateLibrary, spec: CampaignSpec, run_id: int,
            treated: Sequence[Treated], as_of: datetime, counts: Counter[str]) -> list[NewMessage]:
     """Messages for the treated members; the others are counted under the reason they got none."""
-    contexts = _contexts(session, rt, spec, treated, as_of)
+    contexts = _contexts(session, rt, spec, run_id, treated, as_of)
     choice = choose_channel(session.connection(), [t.member_id for t in treated], spec.channels)
     ready = []
     for item in treated:

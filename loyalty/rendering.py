@@ -50,6 +50,7 @@ from loyalty.rendering_sandbox import (
 from loyalty.rendering_source import FIELD_PREFIX, TEXT, LocalisedLoader, join_name, push_fields, split_name
 from loyalty.rendering_types import VIEW_TYPES, ProgrammeView, RenderContext, Rendered, RenderLimits
 from loyalty.settings import Settings, WebSettings
+from loyalty.surveys import survey_url
 from loyalty.tokens import preferences_url, unsubscribe_url
 
 __all__ = ["CHANNELS", "BrokenLink", "ChannelLimit", "RenderLimits", "Rendered", "SandboxViolation",
@@ -97,7 +98,7 @@ class TemplateLibrary:
                                         autoescape=_autoescape, auto_reload=auto_reload, cache_size=-1,
                                         trim_blocks=True, lstrip_blocks=True)
         self.environment.filters.update(LOCALE_FILTERS)
-        self.environment.globals.update(link=self.link, site_url=self.site_url)
+        self.environment.globals.update(link=self.link, site_url=self.site_url, survey_url=self.survey_url)
         self._templates: dict[str, jinja2.Template] = {}
         self._files: dict[tuple[str, str], Path | None] = {}
         self._links: dict[tuple[str, str], frozenset[str]] = {}
@@ -216,6 +217,12 @@ class TemplateLibrary:
         except KeyError as exc:
             raise BrokenLink(f"route {route!r} needs {exc.args[0]}=...", variable=route) from None
         return self.site_url + path
+
+    @jinja2.pass_context
+    def survey_url(self, context: jinja2.runtime.Context) -> str:
+        """``survey_url()``: the signed survey link of the message being rendered (a preview key outside a run)."""
+        member_id = int(_field(context.get("member"), "id", 0))
+        return survey_url(self.web, member_id, str(context.get("message_key") or f"preview:{member_id}"))
 
     def find(self, name: str, filename: str, language: str) -> Path | None:
         """The file serving ``name/filename`` in ``language`` (after fallback), or None."""

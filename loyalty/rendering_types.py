@@ -97,6 +97,8 @@ class RenderContext:
     points_expiring: int = 0
     points_expiry_date: date | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: The outbox key the message is queued under (survey links carry it); None outside a campaign run.
+    message_key: str | None = None
 
     def variables(self) -> dict[str, Any]:
         """The top-level template variables (without links and programme, which the library adds)."""
@@ -105,6 +107,7 @@ class RenderContext:
             "points_to_next_tier": self.points_to_next_tier, "offer": self.offer,
             "recommendations": self.recommendations, "campaign": self.campaign,
             "points_expiring": self.points_expiring, "points_expiry_date": self.points_expiry_date, "now": self.now,
+            "message_key": self.message_key,
         }
 
 
@@ -125,6 +128,7 @@ DOCUMENTED: dict[str, str] = {
     "unsubscribe_url": "the member's one-click unsubscribe link for this channel",
     "preferences_url": "the member's preference page",
     "site_url": "the shop's home page",
+    "survey_url": "survey_url(): this message's survey page; add ?score=N (0-10) for a one-click answer",
     "link": "link(route, **params): a link to the shop; routes: home, rewards, offer (code=...), tiers, app",
     "range": "range(n), at most 1,000 items",
 }

@@ -105,3 +105,15 @@ def as_utc(value: Any) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
     return value.astimezone(UTC)
+
+
+class NpsCategory(StrEnum):
+    """Net Promoter groups of a 0-10 answer."""
+
+    PROMOTER = "promoter"
+    PASSIVE = "passive"
+    DETRACTOR = "detractor"
+
+
+#: Scores (inclusive) of each NPS group: the one definition surveys, audiences and KPIs share.
+NPS_SCORES = {NpsCategory.PROMOTER: (9, 10), NpsCategory.PASSIVE: (7, 8), NpsCategory.DETRACTOR: (0, 6)}

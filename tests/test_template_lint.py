@@ -95,7 +95,7 @@ def test_cli_check_passes_on_shipped_and_fails_on_errors(tmp_path: Path, program
     monkeypatch.setenv("LOYALFLOW_TEMPLATES_DIR", str(REPO_ROOT / "templates"))
     ok = runner.invoke(app, ["templates", "check"])
     assert ok.exit_code == 0, ok.output
-    assert "12 messages checked: 0 errors" in ok.output
+    assert "14 messages checked: 0 errors" in ok.output
     scratch_library(tmp_path, programme, {"bad/sms.txt": "{{ coupon }}"})
     monkeypatch.setenv("LOYALFLOW_TEMPLATES_DIR", str(tmp_path / "templates"))
     bad = runner.invoke(app, ["templates", "check"])

@@ -17,7 +17,10 @@ from tests.template_helpers import shipped_library
 NBSP = "\u00a0"
 PROGRAMME = load_programme(REPO_ROOT / "config")
 MESSAGES = [f"offers/{o.code}" for o in PROGRAMME.offers] + ["tier_upgrade", "welcome", "points_expiring", "win_back",
-                                                          "points_reminder", "birthday"]
+                                                          "points_reminder", "birthday", "nps_survey",
+                                                          "service_recovery"]
+#: Survey messages answer on the survey page (push) or by reply (SMS), not in the shop.
+SURVEYS = {"nps_survey"}
 PERSONAS = list(personas(PROGRAMME))
 FRENCH = {"camille", "lea"}
 #: A phrase each message must say, per language (subject or text part of the email).
@@ -34,6 +37,8 @@ PHRASES = {
     "win_back": {"en": "We miss you", "fr": "Vous nous manquez"},
     "points_reminder": {"en": "waiting", "fr": "vous attend"},
     "birthday": {"en": "Happy birthday", "fr": "Joyeux anniversaire"},
+    "nps_survey": {"en": "how likely are you to recommend", "fr": "recommanderiez-vous"},
+    "service_recovery": {"en": "We are sorry", "fr": "Toutes nos excuses"},
 }
 POINTS = {"camille": f"1{NBSP}250 points", "olivia": "7,420 points", "lea": "80 points", "noah": "23,150 points",
           "mallory": "1 point"}
@@ -109,7 +114,9 @@ def test_sms(library: TemplateLibrary, name: str, persona: str) -> None:
     assert rendered.segments is not None and rendered.segments.encoding == "GSM-7", rendered.segments
     assert rendered.segments.segments <= (1 if persona != "mallory" else 3)
     assert body.startswith(("Maple Rewards", "Welcome to Maple Rewards", "Bienvenue chez Maple Rewards"))
-    assert "STOP" in body and "https://shop.example.com/" in body
+    assert "STOP" in body and ("https://shop.example.com/" in body or name in SURVEYS)
+    if name in SURVEYS:
+        assert "0" in body and "10" in body
     if name.startswith("offers/"):
         assert f"/offers/{name.split('/')[1]}" in body
 
@@ -119,7 +126,10 @@ def test_sms(library: TemplateLibrary, name: str, persona: str) -> None:
 def test_push(library: TemplateLibrary, name: str, persona: str) -> None:
     content = render(library, name, "push", persona).content
     assert 0 < len(content["title"]) <= 50 and 0 < len(content["body"]) <= 150
-    assert content["url"].startswith("https://shop.example.com/") and "utm_medium=push" in content["url"]
+    if name in SURVEYS:
+        assert content["url"].startswith("https://rewards.example.com/survey/")
+    else:
+        assert content["url"].startswith("https://shop.example.com/") and "utm_medium=push" in content["url"]
     if name.startswith("offers/"):
         code = name.split("/")[1]
         assert content["image"] == f"https://shop.example.com/img/offers/{code}.png"

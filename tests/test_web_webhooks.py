@@ -86,7 +86,8 @@ def test_signed_sendgrid_batch_applies_and_a_replay_changes_nothing(client: Test
     assert event_count(engine) == 3
 
 
-@pytest.mark.parametrize("age", [601, -301])
+# 30 s past each bound: a loaded machine can take seconds between signing and checking.
+@pytest.mark.parametrize("age", [630, -330])
 def test_sendgrid_timestamps_outside_the_window_are_refused(client: TestClient, engine: Engine, age: int) -> None:
     member_id, email = new_member(engine)
     msg = sent_message(engine, member_id, "email", "sg3")

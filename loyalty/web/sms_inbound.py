@@ -1,4 +1,4 @@
-"""Inbound SMS: the opt-out keywords carriers require, and the hook for everything else.
+"""Inbound SMS: the opt-out keywords carriers require, survey answers, and nothing for anything else.
 
 Twilio's default opt-out handling already answers STOP and START itself (and blocks sends to a
 number that said STOP), so we record the choice and reply nothing to those; HELP gets our text.
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from loyalty.consent import AddressFact, Fact, apply_fact, lift_suppression, members_with_phone, set_consent
+from loyalty.surveys import answer_by_sms
 from loyalty.types import Channel
 
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
@@ -52,9 +53,11 @@ def opt_in(connection: sa.Connection, phone: str) -> None:
 
 
 def handle_other_inbound(connection: sa.Connection, phone: str, body: str) -> str | None:
-    """Extension point for any other inbound text (survey answers come later).
+    """Any other inbound text: an answer to an open SMS survey invitation, or nothing.
 
-    Runs inside the request's transaction; return a reply to send, or None. Today: store
-    nothing and reply nothing.
+    Runs inside the request's transaction; returns a reply to send, or None. A reply to a survey
+    ("9", "10 great staff", "nine") is recorded against the newest survey SMS sent to the number
+    (:func:`loyalty.surveys.answer_by_sms`); Twilio retrying the webhook records it only once.
+    Any other text with no open invitation: store nothing and reply nothing.
     """
-    return None
+    return answer_by_sms(connection, phone, body)
