@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from loyalty import attribution, jobs
+from loyalty import attribution, jobs, measurement, reports
 from loyalty.types import as_utc, utcnow
 
 
@@ -29,6 +29,20 @@ def attribute_chunk_task(run_id: int, id_range: jobs.IdRange, as_of: datetime) -
 def _artifact_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Summaries with readable dates (artifact tables are JSON)."""
     return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()} for row in summaries]
+
+
+def _lift_artifacts(run_ids: list[int], when: datetime) -> None:
+    """One markdown artifact per attributed run, keyed by campaign: verdict, lift per arm, a unicode bar chart.
+
+    Markdown rather than an SVG image: the Prefect UI renders tables and text, and a data-URI image may not show.
+    """
+    rt = jobs.runtime()
+    for run_id in run_ids:
+        m = measurement.measure_run(rt.engine, run_id, as_of=when, programme=rt.programme)
+        link = reports.report_url(rt.settings.web.public_base_url, m.campaign, run_id)
+        markdown = reports.campaign_markdown(m, currency=rt.programme.currency) + f"\nFull report: <{link}>\n"
+        create_markdown_artifact(key=reports.artifact_key(m.campaign), markdown=markdown,
+                                 description=f"Lift of {m.campaign} run {run_id} as of {when.isoformat()}")
 
 
 @flow(name="attribute-campaigns", log_prints=False)
@@ -48,5 +62,6 @@ def attribute_campaigns(as_of: datetime | None = None, chunk_size: int | None = 
     summaries = attribution.run_summaries(rt.engine, run_ids)
     create_table_artifact(key="campaign-attribution", table=_artifact_rows(summaries),
                           description=f"Attribution as of {when.isoformat()}: {dict(totals)}")
+    _lift_artifacts(run_ids, when)
     get_run_logger().info("attribution as of %s done: %s", when.isoformat(), dict(totals))
     return dict(totals)

@@ -13,11 +13,11 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.utilities.annotations import unmapped
 
-from loyalty import campaign_offers, jobs
+from loyalty import campaign_offers, jobs, reports
 from loyalty import campaign_run as cr
 from loyalty.audience import audience_ranges, audience_size
 from loyalty.delivery import open_channels
@@ -84,5 +84,9 @@ def campaign_run(campaign: str, slot: datetime | None = None, dispatch: bool = T
     create_table_artifact(key=f"campaign-{campaign.replace('_', '-')}",
                           table=[{"metric": k, "value": v} for k, v in sorted(summary.items())],
                           description=f"Campaign {campaign}, slot {when.isoformat()}")
+    # Where its lift will be once `attribute-campaigns` has run (the page says so while the window is open).
+    create_link_artifact(key=reports.artifact_key(campaign, "report"), link_text=f"{campaign} run {run_id} report",
+                         link=reports.report_url(rt.settings.web.public_base_url, campaign, run_id),
+                         description="Lift per arm, conversions over time and ROI (web app, /reports)")
     get_run_logger().info("campaign %s done: %s", campaign, summary)
     return summary

@@ -32,9 +32,11 @@ from sqlalchemy.engine import Engine
 
 from loyalty.cli_attribution import attribution_app
 from loyalty.cli_campaigns import campaigns_app
+from loyalty.cli_clv import clv_app
 from loyalty.cli_flows import flows_app
 from loyalty.cli_models import evaluate_app, models_app
 from loyalty.cli_outbox import outbox_app
+from loyalty.cli_reports import report_app
 from loyalty.cli_support import fail
 from loyalty.cli_templates import templates_app
 from loyalty.db import create_db_engine, current_revision, session_scope, upgrade
@@ -54,7 +56,7 @@ tiers_app = typer.Typer(help="Tier evaluation.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (import_app, "import"), (members_app, "members"), (points_app, "points"),
                   (tiers_app, "tiers"), (outbox_app, "outbox"), (templates_app, "templates"), (evaluate_app, None),
                   (models_app, "models"), (campaigns_app, "campaigns"), (flows_app, None),
-                  (attribution_app, None)):
+                  (attribution_app, None), (clv_app, "clv"), (report_app, "report")):
     app.add_typer(sub, name=name)
 
 

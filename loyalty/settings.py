@@ -86,6 +86,8 @@ class WebSettings(BaseModel):
     public_base_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr = SecretStr("change-me-in-production")
     token_max_age_days: int = 60
+    #: HTTP Basic password of the ``/reports`` pages (any user name). Unset: served on a loopback address only.
+    reports_password: SecretStr | None = None
 
 
 class Settings(BaseSettings):

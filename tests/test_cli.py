@@ -96,6 +96,14 @@ def test_demo_runs_the_whole_product_and_summarises(workdir: Path) -> None:
     assert "| tier-upgrade messages sent | 1 |" in summary and "uplift-" in summary
     emails = len(list((workdir / "var" / "sandbox" / "email").glob("*.eml")))
     assert emails > 1 and f"| emails (.eml) | var/sandbox/email | {emails} |" in summary
+    # Measured: the seeded campaign's window is closed (figures final), the demo's own run has just started.
+    assert "## Measurement" in summary and "## Reports" in summary and "loyalflow serve -> " in summary
+    reports = Path("var") / "reports"  # relative to the project folder, like every path of the summary
+    [seeded] = reports.glob("campaign-spring_reactivation-run-*.html")
+    [own] = reports.glob("campaign-win_back-run-*.html")
+    assert all(f"| {path} |" in summary for path in (seeded, own, reports / "programme.html"))
+    assert "caution: window open" in summary and "Caution" not in seeded.read_text(encoding="utf-8")
+    assert "spring_reactivation run" in result.output and "NPS" in (reports / "programme.html").read_text("utf-8")
     again = runner.invoke(app, ["demo", "--members", "300"], env=env)  # idempotent: reuses programme and model
     assert again.exit_code == 0, again.output
     assert "reusing the 300 members" in again.output and "already trained" in again.output

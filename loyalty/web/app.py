@@ -1,6 +1,7 @@
-"""The web app: provider webhooks, one-click unsubscribe and the preference page.
+"""The web app: provider webhooks, one-click unsubscribe, the preference page, surveys and reports.
 
-:func:`create_app` wires the routers (:mod:`loyalty.web.webhooks`, :mod:`loyalty.web.preferences`)
+:func:`create_app` wires the routers (:mod:`loyalty.web.webhooks`, :mod:`loyalty.web.preferences`,
+:mod:`loyalty.web.surveys`, :mod:`loyalty.web.reports`)
 to one :class:`~loyalty.web.context.WebContext`. Every response carries security headers; pages
 are opened by tokens in their URLs, so ``Referrer-Policy: no-referrer`` keeps those tokens from
 leaking to any site a page links to, and ``Cache-Control: no-store`` keeps them out of caches.
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from loyalty.db import create_db_engine
 from loyalty.settings import Settings
-from loyalty.web import events, preferences, preview, webhooks
+from loyalty.web import events, preferences, preview, reports, surveys, webhooks
 from loyalty.web.context import WebContext, page_environment, sendgrid_verifier
 
 SECURITY_HEADERS = {
@@ -44,6 +45,8 @@ def create_app(settings: Settings, engine: Engine | None = None, *, enable_previ
     app.include_router(webhooks.router)
     app.include_router(events.router)  # POST /events/transactions, bearer-token authenticated
     app.include_router(preferences.router)
+    app.include_router(surveys.router)  # /survey/{token}: NPS answers from email links
+    app.include_router(reports.router)  # /reports: HTTP Basic, or loopback only when no password is set
     if enable_preview if enable_preview is not None else _loopback(settings.web.public_base_url):
         app.include_router(preview.router)  # sets its own CSP: script-src 'self' for its reload script
 
