@@ -4,7 +4,8 @@
 ``PREFECT_API_URL`` (a ``prefect server start``; the temporary server a bare process starts
 schedules nothing) and runs what comes due: one deployment per campaign spec on its cron in its
 own time zone, nightly maintenance, the tier-upgrade sweeper every minute *and* on the
-``loyalty.member.tier-upgraded`` event, points-expiring reminders, attribution and training.
+``loyalty.member.tier-upgraded`` event, points-expiring reminders, the weekly lifetime-value refit,
+attribution and training.
 
 With ``task_runner="dask"`` the flows that fan out over member id ranges run with
 ``DaskTaskRunner(address=...)``, so their chunk tasks go to an existing Dask cluster.
@@ -48,6 +49,8 @@ MAINTENANCE_CRON = "0 2 * * *"  # expiry and tiers before anybody's morning
 ATTRIBUTION_CRON = "0 4 * * *"  # after maintenance: yesterday's purchases against past sends
 POINTS_EXPIRING_CRON = "0 10 * * *"  # a daytime send; quiet hours defer members still asleep
 TRAINING_CRON = "0 5 * * sun"  # weekly, on a full week of attributed outcomes
+#: Weekly, after maintenance and before training: audiences' lifetime bounds and the model's features read it.
+LIFETIME_CRON = "0 3 * * sun"
 #: member_local campaigns run once a day just after midnight UTC; each message carries its local send time.
 MEMBER_LOCAL_CRON = "5 0 * * *"
 TIER_SWEEP_EVERY = timedelta(minutes=1)
@@ -158,6 +161,7 @@ def _campaign_specs(settings: Settings, programme: Programme, chunked: dict[str,
 
 
 def _programme_specs(timezone: str, chunked: dict[str, Any]) -> list[DeploymentSpec]:
+    from flows.lifetime import refit_lifetime
     from flows.maintenance import nightly_maintenance
     from flows.tier_upgrade import send_tier_upgrades, tier_upgrade_deployment_trigger
     from flows.triggers import send_points_expiring
@@ -171,6 +175,9 @@ def _programme_specs(timezone: str, chunked: dict[str, Any]) -> list[DeploymentS
                        triggers=[tier_upgrade_deployment_trigger()]),
         DeploymentSpec("points-expiring", served(send_points_expiring, chunked),
                        schedules=[Cron(POINTS_EXPIRING_CRON, timezone=timezone)]),
+        # One fit over everybody in one task (it chunks its own SQL): nothing for Dask to spread.
+        DeploymentSpec("refit-lifetime", served(refit_lifetime, {}),
+                       schedules=[Cron(LIFETIME_CRON, timezone=timezone)]),
     ]
     found, _ = optional_flows()
     if "attribute-campaigns" in found:  # fans out over id ranges like maintenance

@@ -4,7 +4,10 @@ SQLite under ``var/``, Prefect's temporary API server (no Prefect server to inst
 provider keys (the sandbox). The steps: migrate, seed (once), nightly maintenance, train the
 uplift model from the seeded past campaign, run the ``win_back`` campaign through the sandbox,
 post one purchase that lifts a member into the next tier through the web app's events endpoint
-and send the tier-upgrade message, then print a summary and write it to ``var/demo/summary.md``.
+and send the tier-upgrade message; then measure: attribute purchases to the seeded campaign (window
+closed: final figures) and to the demo's own run (window just opened: its report carries the caution),
+refit lifetime value, write the campaign and programme reports under ``var/reports/``, print the seeded
+campaign's lift, and finally a summary, also written to ``var/demo/summary.md``.
 Every step is idempotent: running the demo again reuses the data and runs a new slot.
 """
 
@@ -28,6 +31,7 @@ from loyalty.cli_show import table
 from loyalty.db import fetch_rows, session_scope, upgrade
 from loyalty.models import CAMPAIGN_ASSIGNMENTS, CAMPAIGN_RUNS, CAMPAIGNS, CHANNEL_CONSENTS, MEMBERS, OUTBOX_MESSAGES
 from loyalty.programme import Programme, sync_catalogue
+from loyalty.seed_campaign import CAMPAIGN_NAME as SEEDED_CAMPAIGN
 from loyalty.types import utcnow
 
 if TYPE_CHECKING:
@@ -202,6 +206,53 @@ def outbox_rows(engine: Engine) -> list[tuple[Any, ...]]:
         return [(str(ch), str(st), f"{n:,}") for ch, st, n in fetch_rows(connection, query)]
 
 
+def measure(app_ctx: AppContext, console: Console) -> list[tuple[Any, ...]]:
+    """Attribute every completed run and refit lifetime value (both as flows); the summary's rows."""
+    from flows.attribution import attribute_campaigns
+    from flows.lifetime import refit_lifetime
+
+    with console.status("attribution flow: purchases against the seeded and the demo's campaign runs..."):
+        attributed = attribute_campaigns()
+    with console.status("lifetime value flow: BG/NBD + Gamma-Gamma on every member's purchases..."):
+        fit = refit_lifetime()
+    currency = app_ctx.programme.currency
+    rows: list[tuple[Any, ...]] = [("attribution", f"{attributed.get('runs', 0)} runs, {attributed.get('rows', 0):,} "
+                                    f"outcome rows, {attributed.get('final', 0):,} final")]
+    if "skipped" in fit:
+        return [*rows, ("lifetime value", fit["skipped"])]
+    median = f"{fit['median_clv_cents'] / 100:,.2f} {currency}"
+    return [*rows, ("lifetime value", f"fit {fit['fit_id']}: {fit['members']:,} members, median P(alive) "
+                    f"{fit['median_p_alive']:.2f}, median 12-month value {median}")]
+
+
+def write_reports(app_ctx: AppContext, console: Console) -> list[tuple[Any, ...]]:
+    """The seeded campaign's, the demo campaign's and the programme's reports; prints the seeded lift table."""
+    from loyalty import reports
+    from loyalty.cli_reports import write_campaign_report, write_programme_report
+
+    engine, programme = app_ctx.engine, app_ctx.programme
+    folder = app_ctx.settings.var_dir / "reports"
+    rows: list[tuple[Any, ...]] = []
+    for name in (SEEDED_CAMPAIGN, DEMO_CAMPAIGN):
+        try:
+            m, path = write_campaign_report(engine, programme, name, reports_dir=folder)
+        except LookupError as exc:
+            rows.append((f"campaign {name}", str(exc), "-"))
+            continue
+        if name == SEEDED_CAMPAIGN:
+            console.print(reports.campaign_table(m, currency=programme.currency))
+        said = reports.verdict(m, reports.Numbers(programme.currency)).headline
+        rows.append((f"campaign {name} run {m.run_id}", f"caution: {m.caution}" if m.caution else said, path))
+    k, path = write_programme_report(engine, programme, reports_dir=folder)
+    whole = k.rows[0]
+    n = reports.Numbers(programme.currency)
+    rows.append(("programme", f"retention {n.rate(whole.retention_rate)}, NPS {n.number(whole.nps, 0)} "
+                 f"({whole.responses:,} responses)", path))
+    base = app_ctx.settings.web.public_base_url.rstrip("/")
+    rows.append(("serve them", f"loyalflow serve -> {base}/reports", "-"))
+    return rows
+
+
 def run_demo(app_ctx: AppContext, programme: Programme, *, members: int, console: Console) -> Path:
     """Every step, then the summary on the terminal and in ``var/demo/summary.md`` (returned)."""
     from flows.maintenance import nightly_maintenance
@@ -217,8 +268,11 @@ def run_demo(app_ctx: AppContext, programme: Programme, *, members: int, console
     report.add(f"Campaign {DEMO_CAMPAIGN}", ["metric", "value"], campaign_rows(run_campaign(app_ctx, console)))
     with console.status("posting a purchase that crosses a tier, sending the upgrade message..."):
         report.add("Tier upgrade", ["step", "result"], fire_tier_upgrade(app_ctx, programme))
+    report.add("Measurement", ["step", "result"], measure(app_ctx, console))
+    written = write_reports(app_ctx, console)
     report.add("Outbox", ["channel", "status", "messages"], outbox_rows(app_ctx.engine))
     report.add("Sandbox", ["what", "path", "count"], sandbox_rows(app_ctx.settings.var_dir))
+    report.add("Reports", ["report", "reading", "path"], written)  # last: what to open next
     for title, headers, rows in report.sections:
         console.print(table(title, headers, rows))
     path = app_ctx.settings.var_dir / "demo" / "summary.md"

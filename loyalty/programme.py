@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,7 +19,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel
 
 from loyalty.models import OFFERS, TIERS
-from loyalty.types import OfferKind
+from loyalty.types import Channel, OfferKind
+
+#: Cost of sending one message, in cents, per channel (floats: an e-mail costs a fraction of a cent).
+MessageCosts = dict[Channel, Annotated[float, Field(ge=0, allow_inf_nan=False)]]
 
 
 class ConfigError(ValueError):
@@ -102,6 +105,7 @@ class _ProgrammeFile(_Strict):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     point_value_cents: float = Field(gt=0)
     margin_per_conversion_cents: float = Field(default=3000, gt=0)
+    message_cost_cents: MessageCosts = Field(default_factory=dict)
     earn: EarnRules
     expiry: ExpiryRules
 
@@ -114,6 +118,8 @@ class Programme(_Strict):
     point_value_cents: float
     #: Gross margin of one incremental purchase: what the offer policy weighs an offer's cost against.
     margin_per_conversion_cents: float = 3000
+    #: What one sent message costs per channel (channels not listed cost nothing): campaign ROI counts it.
+    message_cost_cents: MessageCosts = Field(default_factory=dict)
     earn: EarnRules
     expiry: ExpiryRules
     tiers: TierRules

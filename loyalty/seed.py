@@ -2,7 +2,8 @@
 
 Members across locales and tiers, two years of seasonal, heavy-tailed purchases credited by
 the programme's own rules, redemptions and expiry, consents, push subscriptions, and one past
-campaign with a random holdout and known heterogeneous effects (:mod:`loyalty.seed_campaign`).
+campaign with a random holdout and known heterogeneous effects (:mod:`loyalty.seed_campaign`), and
+answers to a past NPS survey (:mod:`loyalty.seed_surveys`).
 The same ``seed``, ``members`` and ``as_of`` always produce the same rows, on every backend
 and whatever the ``chunk_size``.
 
@@ -56,6 +57,7 @@ from loyalty.seed_history import (
 )
 from loyalty.seed_io import US_PER_DAY, US_PER_SECOND, BulkWriter, create_indexes, drop_indexes, from_us, to_us
 from loyalty.seed_population import build_population, member_columns, stream, write_reachability
+from loyalty.seed_surveys import seed_survey_responses
 from loyalty.seed_tiers import TierTracker
 from loyalty.tiers import evaluate_tiers
 
@@ -84,6 +86,7 @@ class SeedReport:
     tier_counts: dict[str, int]
     truth_path: Path
     elapsed_s: float
+    survey_responses: int = 0
 
 
 def default_as_of() -> datetime:
@@ -200,6 +203,7 @@ class _Seeder:
             self._period(period)
             self.progress("purchase history", period.index + 1, len(periods))
         self._finish(deferred)
+        answers = seed_survey_responses(self.session, self.writer, self.programme, seed=self.seed, as_of=self.as_of)
         self.session.commit()
         plan = self.campaign.plan
         return SeedReport(
@@ -209,6 +213,7 @@ class _Seeder:
             assigned=0 if plan is None else int(plan.members.size),
             holdout=0 if plan is None else int((plan.arm < 0).sum()),
             tier_counts=self._tier_counts(), truth_path=self.campaign.write_truth(truth_dir), elapsed_s=0.0,
+            survey_responses=answers,
         )
 
     def _members(self) -> None:

@@ -86,6 +86,16 @@ def engine(bare_engine: Engine, programme: Programme) -> Engine:
 
 
 @pytest.fixture
+def sqlite_engine(tmp_path: Path, programme: Programme) -> Iterator[Engine]:
+    """A migrated SQLite *file* database with the catalogue synced, whatever the backend parameter:
+    for browser tests, whose server thread must share it."""
+    for engine in make_engine("sqlite", tmp_path):
+        with session_scope(engine) as session:
+            sync_catalogue(session, programme)
+        yield engine
+
+
+@pytest.fixture
 def session(engine: Engine) -> Iterator[Session]:
     """A session on :func:`engine`; commit explicitly when a test needs to."""
     with Session(engine, expire_on_commit=False) as session:

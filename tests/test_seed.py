@@ -36,10 +36,13 @@ from loyalty.models import (
     TIER_CHANGES,
     TRANSACTIONS,
 )
+from loyalty.models_measurement import SURVEY_RESPONSES
 from loyalty.programme import Programme, sync_catalogue
 from loyalty.seed import SeedError, SeedReport, seed_programme
 from loyalty.seed_campaign import FEATURES, OFFER_CODES, true_effects
 from loyalty.seed_campaign_io import TRUTH_COLUMNS
+from loyalty.seed_surveys import ACTIVE_DAYS, MAX_DELAY_DAYS, RESPONSE_RATE, VERBATIMS, draw_scores, survey_time
+from loyalty.surveys import nps
 from loyalty.tiers import evaluate_tiers, qualifying_query, tier_for
 from tests.conftest import BACKENDS, make_engine
 from tests.factories import add_member
@@ -47,7 +50,7 @@ from tests.factories import add_member
 AS_OF = datetime(2026, 6, 25, tzinfo=UTC)  # the campaign's window then spans a month end
 SMALL = 3_000
 TABLES = (MEMBERS, TRANSACTIONS, POINTS_ENTRIES, CHANNEL_CONSENTS, PUSH_SUBSCRIPTIONS, CAMPAIGNS, CAMPAIGN_RUNS,
-          CAMPAIGN_ASSIGNMENTS, OUTBOX_MESSAGES, DELIVERY_EVENTS, TIER_CHANGES)
+          CAMPAIGN_ASSIGNMENTS, OUTBOX_MESSAGES, DELIVERY_EVENTS, TIER_CHANGES, SURVEY_RESPONSES)
 
 
 @contextmanager
@@ -242,9 +245,9 @@ def test_history_is_consistent_with_members(seeded: tuple[Engine, SeedReport, An
     assert _scalar(engine, stale) == 0
     counts = {t.name: _scalar(engine, sa.select(sa.func.count()).select_from(t)) for t in TABLES}
     assert (counts["members"], counts["transactions"], counts["points_entries"], counts["channel_consents"],
-            counts["push_subscriptions"], counts["campaign_assignments"]) == (
+            counts["push_subscriptions"], counts["campaign_assignments"], counts["survey_responses"]) == (
         report.members, report.transactions, report.points_entries, report.consents, report.push_subscriptions,
-        report.assigned)
+        report.assigned, report.survey_responses)
     assert sum(report.tier_counts.values()) == SMALL
 
 
@@ -313,6 +316,46 @@ def test_consents_and_push_subscriptions(seeded: tuple[Engine, SeedReport, Any])
             assert len(base64.urlsafe_b64decode(auth + "=" * (-len(auth) % 4))) == 16
         else:
             assert ":APA91b" in endpoint and p256dh is None and auth is None
+
+
+# -- the past NPS survey ----------------------------------------------------------------------
+
+
+def test_recent_buyers_answered_a_past_nps_survey(seeded: tuple[Engine, SeedReport, Any]) -> None:
+    engine, report, _ = seeded
+    sent = survey_time(AS_OF)
+    t, r, m = TRANSACTIONS.c, SURVEY_RESPONSES.c, MEMBERS.c
+    recent = sa.and_(t.occurred_at >= sent - timedelta(days=ACTIVE_DAYS), t.occurred_at < sent, t.amount_cents > 0)
+    eligible = _scalar(engine, sa.select(sa.func.count(sa.distinct(t.member_id))).where(recent))
+    rows = _rows(engine, sa.select(r.invitation_key, r.member_id, r.survey, r.channel, r.verbatim, r.responded_at,
+                                   r.updated_at, m.phone, m.locale).join(MEMBERS, m.id == r.member_id))
+    assert len(rows) == report.survey_responses and abs(len(rows) / eligible - RESPONSE_RATE) < 0.03
+    lazy = sa.select(sa.func.count()).select_from(SURVEY_RESPONSES).where(
+        ~sa.exists().where(t.member_id == r.member_id, recent))
+    assert _scalar(engine, lazy) == 0  # only members who had bought in the 90 days before it
+    comments = {lang: {text for texts in by_category.values() for text in texts}
+                for lang, by_category in VERBATIMS.items()}
+    for key, member_id, survey, channel, verbatim, responded, updated, phone, locale in rows:
+        assert (key, survey) == (f"seed:nps:{member_id}", "nps") and channel in ("web", "sms")
+        assert phone is not None or channel == "web"
+        assert sent <= responded == updated <= sent + timedelta(days=MAX_DELAY_DAYS, seconds=1)
+        assert verbatim is None or verbatim in comments["fr" if locale.startswith("fr") else "en"]
+    assert {row[3] for row in rows} == {"web", "sms"} and sum(row[4] is not None for row in rows) > len(rows) / 5
+    score = nps(engine, since=sent, until=AS_OF)
+    assert score.responses == len(rows) and score.score is not None and -10 < score.score < 50, score
+
+
+def test_nps_scores_rise_with_tier_and_activity() -> None:
+    rng = np.random.default_rng(3)
+    size = 20_000
+
+    def net(tier: float, purchases: int) -> float:
+        scores = draw_scores(rng, np.full(size, tier), np.full(size, purchases))
+        assert scores.min() >= 0 and scores.max() <= 10
+        return 100 * float((scores >= 9).mean() - (scores <= 6).mean())
+
+    occasional, regular, top = net(0.0, 1), net(0.0, 12), net(1.0, 12)
+    assert -25 < occasional < 15 < regular < top and top > 50
 
 
 # -- the past campaign -----------------------------------------------------------------------

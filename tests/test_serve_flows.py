@@ -90,6 +90,9 @@ def test_programme_wide_deployments_and_the_tier_upgrade_trigger(programme: Prog
     assert trigger.expect == {"loyalty.member.tier-upgraded"}  # type: ignore[union-attr]
     assert dict(trigger.match.root) == {"prefect.resource.id": "loyalty.member.*"}  # type: ignore[union-attr]
     assert trigger.parameters == {"member_id": "{{ event.resource.id }}"}  # type: ignore[union-attr]
+    lifetime = deployments["refit-lifetime"]
+    assert lifetime.flow_name == "refit-lifetime" and lifetime.entrypoint == "flows/lifetime.py:refit_lifetime"
+    assert (_schedule(lifetime).cron, _schedule(lifetime).timezone) == ("0 3 * * sun", "America/Toronto")
     assert len(deployments) == len(set(deployments))  # names are unique, so serving registers each once
 
 
@@ -126,7 +129,8 @@ def test_dask_runs_the_chunking_flows_on_the_given_cluster(programme: Programme)
     for name in ("campaign-win_back", "nightly-maintenance", "points-expiring"):
         runner_ = specs[name].flow.task_runner
         assert isinstance(runner_, DaskTaskRunner) and runner_.address == "tcp://10.0.0.5:8786"
-    assert not isinstance(specs["tier-upgrades"].flow.task_runner, DaskTaskRunner)  # one task: nothing to spread
+    for single in ("tier-upgrades", "refit-lifetime"):  # one task: nothing to spread
+        assert not isinstance(specs[single].flow.task_runner, DaskTaskRunner)
     with pytest.raises(ValueError, match="--dask-address"):
         deployment_specs(_settings(), programme, task_runner=TaskRunnerKind.DASK)
 
@@ -138,7 +142,8 @@ def test_served_flows_survive_the_runners_pickling_with_their_task_runner(progra
     specs = _by_name(deployment_specs(_settings(), programme, task_runner=TaskRunnerKind.DASK,
                                       dask_address="tcp://10.0.0.5:8786"))
     for name, parameters in (("campaign-win_back", {"campaign": "win_back", "slot": "2026-03-02T15:00:00Z"}),
-                             ("points-expiring", {"as_of": "2026-03-02T15:00:00Z"}), ("tier-upgrades", {})):
+                             ("points-expiring", {"as_of": "2026-03-02T15:00:00Z"}), ("tier-upgrades", {}),
+                             ("refit-lifetime", {"as_of": "2026-03-02T15:00:00Z"})):
         # What Runner.add_flow does to run a flow: cloudpickle it into a fresh subprocess.
         flow = cloudpickle.loads(cloudpickle.dumps(specs[name].flow))
         assert flow.name == specs[name].flow.name and flow.fn is specs[name].flow.fn
@@ -164,7 +169,7 @@ def test_cli_list_prints_every_deployment_with_schedule_and_trigger(cli: typer.T
     result = runner.invoke(cli, ["serve-flows", "--list", "--timezone", "Europe/Paris"])
     assert result.exit_code == 0, result.output
     for name in ("campaign-double_points_weekend", "campaign-win_back", "nightly-maintenance", "tier-upgrades",
-                 "points-expiring"):
+                 "points-expiring", "refit-lifetime"):
         assert name in result.output
     assert "cron 0 11 * * tue (America/Toronto)" in result.output
     assert "cron 0 2 * * * (Europe/Paris)" in result.output

@@ -7,32 +7,21 @@ Chromium or Playwright is missing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
-from loyalty.db import session_scope
-from loyalty.programme import Programme, sync_catalogue
 from loyalty.settings import WebSettings
 from loyalty.tokens import preferences_url
 from loyalty.web.app import create_app
 from tests.browser import CHROMIUM, browser_needed, free_port, served
-from tests.conftest import REPO_ROOT, make_engine
+from tests.conftest import REPO_ROOT
 from tests.test_delivery_events import consent, new_member
 from tests.test_web_webhooks import make_settings
 
 SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "preferences.png"
 pytestmark = browser_needed
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path, programme: Programme) -> Iterator[Engine]:
-    for engine in make_engine("sqlite", tmp_path):
-        with session_scope(engine) as session:
-            sync_catalogue(session, programme)
-        yield engine
 
 
 @pytest.fixture

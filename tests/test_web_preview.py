@@ -20,7 +20,6 @@ from loyalty.web.app import create_app
 from tests.browser import CHROMIUM, browser_needed, free_port, served
 from tests.conftest import REPO_ROOT
 from tests.test_delivery_events import new_member
-from tests.test_web_browser import sqlite_engine  # noqa: F401  (fixture)
 from tests.test_web_webhooks import make_settings
 
 SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "preview.png"
@@ -39,7 +38,7 @@ def preview_settings(base: str, templates: Path) -> object:
 
 
 @pytest.fixture
-def server(sqlite_engine: Engine, templates_copy: Path) -> Iterator[str]:  # noqa: F811
+def server(sqlite_engine: Engine, templates_copy: Path) -> Iterator[str]:
     """The app served by uvicorn in a thread; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -64,7 +63,7 @@ def test_preview_is_off_on_public_hosts_and_keeps_a_strict_csp(engine: Engine, t
 
 
 @browser_needed
-def test_switch_member_and_channel(server: str, sqlite_engine: Engine, templates_copy: Path) -> None:  # noqa: F811
+def test_switch_member_and_channel(server: str, sqlite_engine: Engine, templates_copy: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     member_id, _ = new_member(sqlite_engine, first_name="Émilie", last_name="Gagnon", locale="fr_CA")
