@@ -10,7 +10,8 @@ lists and dicts. On top of it:
 - ``*``, ``**``, ``%`` and ``+`` are checked before they run (huge strings, lists and powers refused;
   ``%`` formatting refused outright), and string methods are an allow-list (no ``format``, ``ljust``);
 - every ``for`` loop iterates through a guard that charges a per-render budget of iterations and
-  checks the deadline, so nested loops cannot spin for minutes; ``range`` is capped.
+  checks the deadline (in CPU seconds of the rendering thread), so nested loops cannot spin for
+  minutes; ``range`` is capped.
 """
 
 from __future__ import annotations
@@ -63,12 +64,12 @@ class Budget:
         self.iterations_left -= count
         if self.iterations_left < 0:
             raise RenderLimitExceeded(f"template loops ran more than {MAX_ITERATIONS:,} iterations")
-        if not self.iterations_left & 63 and time.monotonic() > self.deadline:
+        if not self.iterations_left & 63 and render_clock() > self.deadline:
             raise RenderLimitExceeded(f"rendering took longer than {self.seconds:g} s")
 
     def restart(self) -> None:
         """A fresh allowance for the next render of a batch (cheaper than opening a new budget per render)."""
-        self.deadline = time.monotonic() + self.seconds
+        self.deadline = render_clock() + self.seconds
         self.iterations_left = MAX_ITERATIONS
 
     def credit(self, seconds: float) -> None:
@@ -77,8 +78,15 @@ class Budget:
 
     def check_time(self) -> None:
         """Raise when the deadline has passed."""
-        if time.monotonic() > self.deadline:
+        if render_clock() > self.deadline:
             raise RenderLimitExceeded(f"rendering took longer than {self.seconds:g} s")
+
+
+def render_clock() -> float:
+    """Seconds of CPU this thread has spent. The limit stops templates that compute too long; wall time
+    would also count the time a busy machine keeps the thread waiting for a core, and refused members'
+    renders on a loaded 2-core CI machine for that."""
+    return time.thread_time()
 
 
 _budget: ContextVar[Budget | None] = ContextVar("loyalflow_render_budget", default=None)
@@ -86,12 +94,12 @@ _budget: ContextVar[Budget | None] = ContextVar("loyalflow_render_budget", defau
 
 def start_budget(seconds: float) -> Any:
     """Open a budget for the render about to run; returns the token for :func:`end_budget`."""
-    return _budget.set(Budget(time.monotonic() + seconds, MAX_ITERATIONS, seconds))
+    return _budget.set(Budget(render_clock() + seconds, MAX_ITERATIONS, seconds))
 
 
 def open_budget(seconds: float) -> tuple[Budget, Any]:
     """Open a budget for a batch of renders: the budget (``restart`` it before each render) and the token."""
-    budget = Budget(time.monotonic() + seconds, MAX_ITERATIONS, seconds)
+    budget = Budget(render_clock() + seconds, MAX_ITERATIONS, seconds)
     return budget, _budget.set(budget)
 
 
@@ -103,7 +111,7 @@ def end_budget(token: Any) -> None:
 def current_budget() -> Budget:
     """The budget of the render in progress (a fresh default one outside renders, e.g. in tests)."""
     budget = _budget.get()
-    return budget if budget is not None else Budget(time.monotonic() + 1.0, MAX_ITERATIONS, 1.0)
+    return budget if budget is not None else Budget(render_clock() + 1.0, MAX_ITERATIONS, 1.0)
 
 
 def loop_guard(iterable: Iterable[Any]) -> Iterator[Any]:

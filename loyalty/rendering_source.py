@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import jinja2
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 
-from loyalty.rendering_sandbox import current_budget
+from loyalty.rendering_sandbox import current_budget, render_clock
 
 STYLESHEET = "_layouts/email.css"
 TEXT, FIELD_PREFIX = "text", "field:"
@@ -71,11 +70,11 @@ class LocalisedLoader(jinja2.BaseLoader):
              globals: Any = None) -> jinja2.Template:
         """Jinja's load; the time spent here (CSS inlining, compiling) is not charged to the render waiting for it,
         so the first render of a template on a busy machine is not refused for going over its time limit."""
-        started = time.monotonic()
+        started = render_clock()
         try:
             return super().load(environment, name, globals)
         finally:
-            current_budget().credit(time.monotonic() - started)
+            current_budget().credit(render_clock() - started)
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
         lang, path, variant = split_name(template)
