@@ -17,13 +17,8 @@ apply; what remains is a third-party page making the member's browser submit a f
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from typing import Annotated
-from urllib.parse import urlsplit
-
 import sqlalchemy as sa
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from loyalty.consent import set_consent
@@ -40,9 +35,10 @@ from loyalty.tokens import (
 )
 from loyalty.types import Channel
 from loyalty.web.context import CHANNEL_LABELS, CHANNEL_TITLES, Ctx, WebContext
+from loyalty.web.forms import OptionalField, cross_site, csrf_matches, form_csrf
 
 router = APIRouter()
-OptionalField = Annotated[str | None, Form()]
+FORM = "preferences-form"  # binds the hidden CSRF field to this form
 
 
 def _read(ctx: WebContext, token: str, purpose: str) -> tuple[MemberToken, str] | HTMLResponse:
@@ -100,28 +96,6 @@ def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
                             link_text="Manage all your preferences")
 
 
-def csrf_value(ctx: WebContext, token: str) -> str:
-    """The hidden form value binding a preference POST to a form rendered for ``token``."""
-    key = ctx.settings.web.secret_key.get_secret_value().encode()
-    return hmac.new(key, b"preferences-form\x00" + token.encode(), hashlib.sha256).hexdigest()
-
-
-def _cross_site(ctx: WebContext, request: Request) -> bool:
-    """Whether a browser says this POST comes from another origin.
-
-    ``Sec-Fetch-Site`` first: our pages send ``Referrer-Policy: no-referrer``, under which browsers
-    send ``Origin: null`` even for our own form, so ``Origin`` can only refuse, never confirm.
-    """
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None:
-        return fetch_site not in ("same-origin", "none")  # same-site is a sibling subdomain: refuse too
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
-        return False
-    public = urlsplit(ctx.base_url)
-    return origin.lower() != f"{public.scheme}://{public.netloc}".lower()
-
-
 def _consents(ctx: WebContext, member_id: int) -> dict[str, bool]:
     query = sa.select(CHANNEL_CONSENTS.c.channel, CHANNEL_CONSENTS.c.opted_in).where(
         CHANNEL_CONSENTS.c.member_id == member_id)
@@ -133,7 +107,8 @@ def _consents(ctx: WebContext, member_id: int) -> dict[str, bool]:
 def _preferences_page(ctx: WebContext, token: str, member_id: int, name: str, *, saved: bool) -> HTMLResponse:
     consents = _consents(ctx, member_id)
     channels = [{"name": c, "title": CHANNEL_TITLES[c], "checked": on} for c, on in consents.items()]
-    return ctx.page("preferences.html", first_name=name, channels=channels, csrf=csrf_value(ctx, token), saved=saved)
+    return ctx.page("preferences.html", first_name=name, channels=channels, csrf=form_csrf(ctx, FORM, token),
+                    saved=saved)
 
 
 @router.get("/preferences/{token}", response_class=HTMLResponse)
@@ -154,7 +129,7 @@ def save_preferences(token: str, request: Request, ctx: Ctx, email: OptionalFiel
     if isinstance(found, HTMLResponse):
         return found
     member, name = found
-    if _cross_site(ctx, request) or not hmac.compare_digest(csrf or "", csrf_value(ctx, token)):
+    if cross_site(ctx, request) or not csrf_matches(ctx, FORM, token, csrf):
         return ctx.message_page("Your changes were not saved",
                                 "This form was not submitted from our preference page. Please open the link "
                                 "from your message again.", status_code=403)

@@ -14,12 +14,7 @@ page (an HMAC field bound to the token, and ``Sec-Fetch-Site``/``Origin``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from typing import Annotated
-from urllib.parse import urlsplit
-
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from loyalty.surveys import (
@@ -31,9 +26,10 @@ from loyalty.surveys import (
 )
 from loyalty.tokens import ExpiredToken, InvalidToken
 from loyalty.web.context import Ctx, WebContext
+from loyalty.web.forms import OptionalField, cross_site, csrf_matches, form_csrf
 
 router = APIRouter()
-OptionalField = Annotated[str | None, Form()]
+FORM = "survey-form"  # binds the hidden CSRF field to this form
 SCORES = range(11)
 
 
@@ -64,24 +60,6 @@ def _score(value: str | None) -> int | None:
     return int(text) if text.isdigit() and int(text) in SCORES else None
 
 
-def csrf_value(ctx: WebContext, token: str) -> str:
-    """The hidden form value binding a survey POST to a form rendered for ``token``."""
-    key = ctx.settings.web.secret_key.get_secret_value().encode()
-    return hmac.new(key, b"survey-form\x00" + token.encode(), hashlib.sha256).hexdigest()
-
-
-def _cross_site(ctx: WebContext, request: Request) -> bool:
-    """Whether a browser says this POST comes from another origin (as on the preference page)."""
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None:
-        return fetch_site not in ("same-origin", "none")
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":  # no-referrer pages send Origin: null for our own form
-        return False
-    public = urlsplit(ctx.base_url)
-    return origin.lower() != f"{public.scheme}://{public.netloc}".lower()
-
-
 def _record(ctx: WebContext, link: SurveyLink, score: int, verbatim: str | None) -> None:
     with ctx.engine.begin() as connection:
         record_response(connection, invitation_key=link.invitation_key, member_id=link.member_id, score=score,
@@ -90,7 +68,7 @@ def _record(ctx: WebContext, link: SurveyLink, score: int, verbatim: str | None)
 
 def _form(ctx: WebContext, token: str, *, score: int | None, status_code: int = 200) -> HTMLResponse:
     return ctx.page("survey.html", status_code=status_code, scores=list(SCORES), score=score,
-                    csrf=csrf_value(ctx, token))
+                    csrf=form_csrf(ctx, FORM, token))
 
 
 @router.get("/survey/{token}", response_class=HTMLResponse)
@@ -105,7 +83,7 @@ def survey_page(token: str, ctx: Ctx, score: str | None = None) -> HTMLResponse:
             earlier = response_score(connection, link.invitation_key)
         return _form(ctx, token, score=earlier, status_code=200 if score is None else 400)
     _record(ctx, link, chosen, None)
-    return ctx.page("survey_done.html", score=chosen, csrf=csrf_value(ctx, token), commented=False)
+    return ctx.page("survey_done.html", score=chosen, csrf=form_csrf(ctx, FORM, token), commented=False)
 
 
 @router.post("/survey/{token}", response_class=HTMLResponse)
@@ -115,7 +93,7 @@ def submit_survey(token: str, request: Request, ctx: Ctx, score: OptionalField =
     link = _read(ctx, token)
     if isinstance(link, HTMLResponse):
         return link
-    if _cross_site(ctx, request) or not hmac.compare_digest(csrf or "", csrf_value(ctx, token)):
+    if cross_site(ctx, request) or not csrf_matches(ctx, FORM, token, csrf):
         return ctx.message_page("Your answer was not saved",
                                 "This form was not submitted from our survey page. Please open the link "
                                 "from your message again.", status_code=403)
@@ -123,5 +101,5 @@ def submit_survey(token: str, request: Request, ctx: Ctx, score: OptionalField =
     if chosen is None:
         return _form(ctx, token, score=None, status_code=400)
     _record(ctx, link, chosen, verbatim)
-    return ctx.page("survey_done.html", score=chosen, csrf=csrf_value(ctx, token),
+    return ctx.page("survey_done.html", score=chosen, csrf=form_csrf(ctx, FORM, token),
                     commented=bool((verbatim or "").strip()))
