@@ -100,8 +100,11 @@ def _chunk(run_id: int, id_range: IdRange) -> sa.ColumnElement[bool]:
     return sa.and_(a.run_id == run_id, a.member_id >= id_range[0], a.member_id < id_range[1])
 
 
-def _spend(member_id: sa.ColumnElement[int], run: RunWindow, cutoff: datetime) -> list[sa.ColumnElement[Any]]:
-    """Purchases, net amount and first purchase of ``member_id`` in ``[slot, cutoff)``: correlated lookups."""
+def window_spend(member_id: sa.ColumnElement[int], run: RunWindow, cutoff: datetime) -> list[sa.ColumnElement[Any]]:
+    """Purchases, net amount and first purchase of ``member_id`` in ``[slot, cutoff)``: correlated lookups.
+
+    The one definition of a run's outcome: attribution stores it, training learns from it.
+    """
     t = TRANSACTIONS.c
     window = (t.member_id == member_id, t.occurred_at >= run.slot, t.occurred_at < cutoff)
     bought = t.amount_cents > 0  # refunds are negative: they reduce revenue but are not purchases
@@ -131,7 +134,7 @@ def outcome_select(run: RunWindow, id_range: IdRange, *, as_of: datetime, now: d
                .where(o.c.run_id == a.run_id, o.c.member_id == a.member_id).scalar_subquery())
     base = (sa.select(a.run_id, a.member_id, a.arm, a.offer_code, a.variant, message.label("outbox_id"))
             .where(_chunk(run.run_id, id_range), _not_final(CAMPAIGN_ASSIGNMENTS)).subquery("base"))
-    purchases, revenue, first = _spend(base.c.member_id, run, cutoff)
+    purchases, revenue, first = window_spend(base.c.member_id, run, cutoff)
     stamp = UTCDateTime()
     return (sa.select(
         base.c.run_id, base.c.member_id, base.c.arm, base.c.arm != HOLDOUT, base.c.offer_code, base.c.variant,

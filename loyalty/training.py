@@ -17,9 +17,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from loyalty.attribution import RunWindow, window_spend
 from loyalty.db import fetch_rows
 from loyalty.features_query import load_member_rows
-from loyalty.models import CAMPAIGN_ASSIGNMENTS, CAMPAIGN_RUNS, CAMPAIGNS, TRANSACTIONS
+from loyalty.models import CAMPAIGN_ASSIGNMENTS, CAMPAIGN_RUNS, CAMPAIGNS
 from loyalty.programme import Programme
 from loyalty.types import as_utc, utcnow
 from recommenders import registry
@@ -63,11 +64,9 @@ def _runs(connection: Connection, campaign: str | None) -> list[dict[str, Any]]:
 
 def _outcomes(connection: Connection, run: dict[str, Any]) -> pd.DataFrame:
     """Assignments of one run with their attributed conversion and spend (one query)."""
-    a, t = CAMPAIGN_ASSIGNMENTS.c, TRANSACTIONS.c
-    window = (t.member_id == a.member_id) & (t.occurred_at >= run["slot"]) & (t.occurred_at < run["end"])
-    # Refunds (negative amounts) lower the spend but are not purchases, as in loyalty.attribution.
-    bought = sa.select(sa.func.count()).where(window, t.amount_cents > 0).scalar_subquery()
-    spent = sa.select(sa.func.coalesce(sa.func.sum(t.amount_cents), 0)).where(window).scalar_subquery()
+    a = CAMPAIGN_ASSIGNMENTS.c
+    window = RunWindow(run["run_id"], run["slot"], run["end"])
+    bought, spent, _ = window_spend(a.member_id, window, window.window_end)  # as loyalty.attribution stores it
     query = sa.select(a.member_id, a.arm, bought, spent).where(a.run_id == run["run_id"]).order_by(a.member_id)
     rows = pd.DataFrame(fetch_rows(connection, query),
                         columns=["member_id", "arm", "purchases", "spend_cents"])
