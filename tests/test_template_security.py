@@ -97,6 +97,25 @@ def test_timeout_stops_a_slow_render(tmp_path: Path, programme: Programme) -> No
         library.render("slow", "sms", personas(programme, name="slow")["olivia"])
 
 
+
+def test_time_limit_counts_the_threads_cpu_not_waiting() -> None:
+    """A render waiting for a core on a busy machine is not refused; one computing past its budget is."""
+    import time
+
+    from loyalty.rendering_sandbox import RenderLimitExceeded, end_budget, open_budget
+
+    budget, token = open_budget(0.05)
+    try:
+        time.sleep(0.15)  # off the CPU, as when the scheduler runs other work
+        budget.check_time()
+        spin_until = time.thread_time() + 0.1
+        while time.thread_time() < spin_until:
+            pass
+        with pytest.raises(RenderLimitExceeded, match=r"longer than 0\.05 s"):
+            budget.check_time()
+    finally:
+        end_budget(token)
+
 # -- member-supplied data -------------------------------------------------------------------------------------------
 
 def test_names_with_markup_are_escaped_in_html(programme: Programme) -> None:
