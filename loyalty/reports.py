@@ -136,6 +136,29 @@ def worth_it(arm: ArmResult, n: Numbers) -> str:
     return f"Each {n.money(100)} spent brought back {back} of incremental margin."
 
 
+
+def mixed_signals(m: RunMeasurement, n: Numbers) -> list[str]:
+    """Arms whose ROI and revenue lift point opposite ways, each explained in a sentence.
+
+    ROI values the extra conversions at the programme's margin per conversion, while revenue per member
+    is measured: a free item can win conversions and shrink baskets, and an ROI of +285% beside falling
+    revenue would mislead anyone reading one column only.
+    """
+    notes = []
+    for a in [*(a for a in m.arms if a.treated), m.overall]:
+        r = a.revenue_lift_cents
+        if a.roi is None or r is None or a.roi * r.value >= 0:
+            continue
+        chance = "" if r.low > 0 or r.high < 0 else " (its interval includes zero, so this may be chance)"
+        if a.roi > 0:
+            notes.append(f"{a.arm}: ROI {n.roi(a.roi)} counts its extra conversions at the programme's margin, "
+                         f"but revenue per member fell by {n.money(-r.value)}{chance}. Check what its converters "
+                         "bought before sending it to more members.")
+        else:
+            notes.append(f"{a.arm}: revenue per member rose by {n.money(r.value)}{chance}, but its extra "
+                         f"conversions, valued at the programme's margin, do not cover its cost (ROI {n.roi(a.roi)}).")
+    return notes
+
 def _arm_row(arm: ArmResult, n: Numbers) -> dict[str, str]:
     return {"arm": arm.arm, "members": n.count(arm.members), "sent": n.count(arm.sent),
             "delivered": n.count(arm.delivered), "opened": n.count(arm.opened), "clicked": n.count(arm.clicked),
@@ -183,7 +206,7 @@ def campaign_context(m: RunMeasurement, n: Numbers) -> dict[str, Any]:
     """Everything the campaign page shows, formatted."""
     o = m.overall
     return {
-        "m": m, "verdict": verdict(m, n), "worth": worth_it(o, n),
+        "m": m, "verdict": verdict(m, n), "worth": worth_it(o, n), "mixed": mixed_signals(m, n),
         "headline": {"lift": n.lift(o.conversion_lift), "p": n.p(o.conversion_lift),
                      "incremental": n.number(o.incremental_conversions, 0),
                      "incremental_revenue": n.signed_money(o.incremental_revenue_cents),
@@ -294,9 +317,10 @@ def campaign_table(m: RunMeasurement, *, currency: str = "CAD") -> Table:
     """The key numbers per arm for the terminal."""
     n = Numbers(currency)
     v = verdict(m, n)
+    notes = ([m.caution] if m.caution else []) + mixed_signals(m, n)
     table = _table(["arm", "members", "converted", "rate", "lift (95% CI)", "p", "incr. revenue", "cost", "ROI"],
                    title=rich_escape(f"{m.campaign} run {m.run_id}: {v.headline}"),
-                   caption=rich_escape(m.caution) if m.caution else None)
+                   caption=rich_escape("\n".join(notes)) if notes else None)
     for row in [_arm_row(a, n) for a in m.arms] + [_arm_row(m.overall, n)]:
         table.add_row(rich_escape(row["arm"]), row["members"], row["converted"], row["rate"], row["lift"], row["p"],
                       row["incremental_revenue"], row["cost"], row["roi"])
@@ -323,6 +347,8 @@ def campaign_markdown(m: RunMeasurement, *, currency: str = "CAD") -> str:
     lines = [f"## {_md(m.campaign)}, run {m.run_id}: {v.headline}", "", v.detail, ""]
     if m.caution:
         lines += [f"> **Caution:** {_md(m.caution)}", ""]
+    for note in mixed_signals(m, n):
+        lines += [f"> **ROI and revenue disagree:** {_md(note)}", ""]
     lines += ["| arm | members | converted | rate | lift (95% CI) | p | incremental revenue | ROI |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in [_arm_row(a, n) for a in m.arms] + [_arm_row(m.overall, n)]:

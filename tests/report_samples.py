@@ -9,16 +9,19 @@ from loyalty.measurement_types import ArmResult, CumulativePoint, Estimate, KpiR
 SLOT = datetime(2026, 5, 4, 14, tzinfo=UTC)
 
 
+REVENUE_LIFT = Estimate(120.0, -10.0, 250.0, 0.07)
+
+
 def arm(name: str, members: int, converted: int, *, lift: Estimate | None = None, roi: float | None = None,
-        revenue_cents: int = 0, cost_cents: float = 0.0) -> ArmResult:
+        revenue_cents: int = 0, cost_cents: float = 0.0, revenue_lift: Estimate = REVENUE_LIFT) -> ArmResult:
     """One arm; treated when it has a lift (or a cost)."""
     treated = lift is not None or cost_cents > 0
     return ArmResult(arm=name, treated=treated, members=members, sent=members if treated else 0,
                      delivered=members * 9 // 10 if treated else 0, opened=members // 3 if treated else 0,
                      clicked=members // 10 if treated else 0, converted=converted, revenue_cents=revenue_cents,
-                     conversion_lift=lift, revenue_lift_cents=Estimate(120.0, -10.0, 250.0, 0.07) if lift else None,
+                     conversion_lift=lift, revenue_lift_cents=revenue_lift if lift else None,
                      incremental_conversions=lift.value * members if lift else 0.0,
-                     incremental_revenue_cents=12_000.0 * members / 100 if lift else 0.0,
+                     incremental_revenue_cents=revenue_lift.value * members if lift else 0.0,
                      offer_cost_cents=cost_cents * 0.8, message_cost_cents=cost_cents * 0.2, roi=roi)
 
 
@@ -28,7 +31,7 @@ def measurement(arms: list[ArmResult] | None = None, *, caution: str | None = No
                     arm("bonus_500", 2000, 142, lift=Estimate(0.021, 0.004, 0.038, 0.012), roi=0.35,
                         revenue_cents=900_000, cost_cents=40_000),
                     arm("double_points", 2000, 106, lift=Estimate(0.003, -0.011, 0.017, 0.64), roi=-0.4,
-                        revenue_cents=700_000, cost_cents=30_000)]
+                        revenue_cents=700_000, cost_cents=30_000, revenue_lift=Estimate(-40.0, -200.0, 120.0, 0.62))]
     treated = [a for a in arms if a.treated]
     overall = arm("all treated", sum(a.members for a in treated), sum(a.converted for a in treated),
                   lift=Estimate(0.012, 0.001, 0.023, 0.031), roi=0.05,

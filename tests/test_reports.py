@@ -101,6 +101,21 @@ def test_caution_shown_first_when_the_window_is_open() -> None:
     assert table.caption == caution
 
 
+
+def test_roi_and_revenue_pointing_opposite_ways_are_called_out() -> None:
+    m = samples.measurement()
+    assert reports.mixed_signals(m, reports.Numbers("CAD")) == []  # the default arms agree
+    assert 'id="mixed-signals"' not in reports.campaign_report_html(m)
+    coffee = samples.arm("free_coffee", 2000, 160, lift=Estimate(0.03, 0.012, 0.048, 0.001), roi=2.85,
+                         revenue_cents=600_000, cost_cents=20_000, revenue_lift=Estimate(-310.0, -520.0, -100.0, 0.004))
+    m = dataclasses.replace(m, arms=[*m.arms, coffee])
+    [note] = reports.mixed_signals(m, reports.Numbers("CAD"))
+    assert note.startswith("free_coffee: ROI +285%") and "fell by $3.10" in note and "chance" not in note
+    html = reports.campaign_report_html(m)
+    assert Tags(html).find("div", "caution") and "fell by $3.10" in html
+    assert "ROI and revenue disagree" in reports.campaign_markdown(m)
+    assert "fell by $3.10" in str(reports.campaign_table(m).caption)
+
 def test_hostile_arm_name_is_escaped_everywhere() -> None:
     m = samples.measurement()
     hostile = dataclasses.replace(m.arms[1], arm=HOSTILE)
