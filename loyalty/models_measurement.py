@@ -62,11 +62,15 @@ class SurveyResponse(SQLModel, table=True):
     invitation_key: str = Field(max_length=128, unique=True)
     member_id: int = Field(foreign_key="members.id", index=True)
     survey: str = Field(default="nps", max_length=32)
-    channel: str = Field(max_length=16, description="How the answer came: 'web' (email link) or 'sms'.")
+    channel: str = Field(max_length=16, description="How the answer came: 'link' (a score clicked in the email), "
+                                                    "'web' (the survey form) or 'sms'.")
     score: int = Field(ge=0, le=10)
     verbatim: str | None = Field(default=None, max_length=2000)
     responded_at: datetime = _created()
     updated_at: datetime = _created()
+    # Set when the email's score links were fetched with different scores seconds apart (a mail scanner
+    # following every link): the row is not counted until the member answers through the form.
+    automated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 LIFETIME_FITS: sa.Table = LifetimeFit.__table__  # type: ignore[attr-defined]

@@ -40,7 +40,12 @@ SURVEY_TEMPLATES = ("nps_survey",)
 SMS_ANSWER_DAYS = 7
 VERBATIM_MAX = 2000
 _SENT = (OutboxStatus.SENT, OutboxStatus.DELIVERED)
-NEW, UPDATED, UNCHANGED = "new", "updated", "unchanged"
+NEW, UPDATED, UNCHANGED, AUTOMATED = "new", "updated", "unchanged", "automated"
+#: How an answer came: a score clicked in the email, the survey form, an SMS reply.
+BY_LINK, BY_FORM, BY_SMS = "link", "web", "sms"
+#: Two different scores clicked on one invitation's links within this time: a mail scanner following every
+#: link (it fetches all eleven within seconds of delivery), not a member correcting a click.
+SCANNER_BURST = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -133,28 +138,57 @@ def clean_verbatim(text: str | None) -> str | None:
 
 def record_response(connection: sa.Connection, *, invitation_key: str, member_id: int, score: int, channel: str,
                     verbatim: str | None = None, survey: str = NPS, now: datetime | None = None) -> str:
-    """Record an answer to an invitation; returns ``new``, ``updated`` or ``unchanged``.
+    """Record an answer to an invitation; returns ``new``, ``updated``, ``unchanged`` or ``automated``.
 
     One upsert on ``invitation_key``: the same answer again writes nothing; another score, or a new
     comment, updates the row (``responded_at`` stays the first answer's). ``verbatim=None`` means "no
     comment given" and keeps an earlier one, so clicking a score again does not erase a comment.
+
+    Mail scanners fetch every link of an email, so a clicked score (``channel=BY_LINK``) that differs from
+    a clicked score recorded less than :data:`SCANNER_BURST` before is taken for a scanner: the row is
+    set aside (``automated_at``, not counted) and further clicks change nothing, until the member
+    answers through the form or by SMS. Decided inside the upsert, so concurrent clicks cannot race it.
     """
     nps_category(score)  # validates the range before the CHECK-less column sees it
     at, text = as_utc(now or utcnow()), clean_verbatim(verbatim)
-    table = SURVEY_RESPONSES
+    table, old = SURVEY_RESPONSES, SURVEY_RESPONSES.c
     stmt = _insert(connection)(table).values(invitation_key=invitation_key, member_id=member_id, survey=survey,
                                              channel=channel, score=int(score), verbatim=text, responded_at=at,
-                                             updated_at=at)
-    new_verbatim = sa.func.coalesce(stmt.excluded.verbatim, table.c.verbatim)
-    changed = sa.or_(table.c.score != stmt.excluded.score, table.c.verbatim.is_distinct_from(new_verbatim))
-    stmt = stmt.on_conflict_do_update(index_elements=["invitation_key"], where=changed,
-                                      set_={"score": stmt.excluded.score, "verbatim": new_verbatim,
-                                            "channel": stmt.excluded.channel, "updated_at": stmt.excluded.updated_at})
-    rows = fetch_rows(connection, stmt.returning(table.c.responded_at, table.c.updated_at))
+                                             updated_at=at, automated_at=None)
+    new = stmt.excluded
+    click = new.channel == BY_LINK
+    burst = sa.and_(click, old.channel == BY_LINK, old.automated_at.is_(None), old.verbatim.is_(None),
+                    old.score != new.score, old.updated_at > at - SCANNER_BURST)
+    held = sa.or_(burst, sa.and_(click, old.automated_at.is_not(None)))
+    new_verbatim = sa.func.coalesce(new.verbatim, old.verbatim)
+    changed = sa.or_(old.score != new.score, old.verbatim.is_distinct_from(new_verbatim),
+                     old.automated_at.is_not(None))
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["invitation_key"], where=sa.or_(burst, sa.and_(sa.not_(held), changed)),
+        set_={"score": sa.case((held, old.score), else_=new.score),
+              "verbatim": sa.case((held, old.verbatim), else_=new_verbatim),
+              "channel": sa.case((held, old.channel), else_=new.channel),
+              "automated_at": sa.case((burst, new.updated_at), (held, old.automated_at), else_=sa.null()),
+              "updated_at": new.updated_at})
+    rows = fetch_rows(connection, stmt.returning(old.responded_at, old.updated_at, old.automated_at))
     if not rows:
-        return UNCHANGED
-    responded, updated = (as_utc(v) for v in rows[0])
-    return NEW if responded == updated else UPDATED
+        return AUTOMATED if set_aside(connection, invitation_key) else UNCHANGED
+    responded, updated, automated = rows[0]
+    if automated is not None:
+        return AUTOMATED
+    return NEW if as_utc(responded) == as_utc(updated) else UPDATED
+
+
+def set_aside(connection: sa.Connection, invitation_key: str) -> bool:
+    """Whether the invitation's answer was set aside as a scanner's clicks (see :func:`record_response`)."""
+    r = SURVEY_RESPONSES.c
+    query = sa.select(r.id).where(r.invitation_key == invitation_key, r.automated_at.is_not(None))
+    return bool(fetch_rows(connection, query))
+
+
+def counted() -> sa.ColumnElement[bool]:
+    """The answers NPS, KPIs and audiences count: all but those set aside as a mail scanner's clicks."""
+    return SURVEY_RESPONSES.c.automated_at.is_(None)
 
 
 def invitation_of(connection: sa.Connection, invitation_key: str, member_id: int) -> bool:
@@ -234,7 +268,7 @@ def answer_by_sms(connection: sa.Connection, phone: str, body: str, *, now: date
             return None
         answer = (score, body)
     record_response(connection, invitation_key=invitation.key, member_id=invitation.member_id, score=answer[0],
-                    verbatim=answer[1], channel="sms", now=now)
+                    verbatim=answer[1], channel=BY_SMS, now=now)
     return THANKS["fr" if invitation.locale.lower().startswith("fr") else "en"]
 
 
@@ -244,7 +278,7 @@ def nps(bind: Engine | sa.Connection, *, since: datetime | None = None, until: d
         survey: str = NPS) -> NpsSummary:
     """The NPS over each member's latest answer given in ``[since, until)`` (by ``responded_at``)."""
     r = SURVEY_RESPONSES.c
-    window = [r.survey == survey]
+    window = [r.survey == survey, counted()]
     if since is not None:
         window.append(r.responded_at >= as_utc(since))
     if until is not None:

@@ -20,6 +20,9 @@ from loyalty.outbox import NewMessage, enqueue
 from loyalty.programme import Programme
 from loyalty.settings import WebSettings
 from loyalty.surveys import (
+    AUTOMATED,
+    BY_FORM,
+    BY_LINK,
     NEW,
     UNCHANGED,
     UPDATED,
@@ -71,9 +74,9 @@ def responses(engine: Engine) -> list[tuple[object, ...]]:
 
 
 def record(engine: Engine, key: str, member_id: int, score: int, verbatim: str | None = None,
-           now: datetime | None = None) -> str:
+           now: datetime | None = None, channel: str = BY_FORM) -> str:
     with engine.begin() as connection:
-        return record_response(connection, invitation_key=key, member_id=member_id, score=score, channel="web",
+        return record_response(connection, invitation_key=key, member_id=member_id, score=score, channel=channel,
                                verbatim=verbatim, now=now)
 
 
@@ -112,6 +115,39 @@ def test_record_is_idempotent_updates_and_keeps_the_first_answer_time(engine: En
         record(engine, key, member, 11)
     assert len(responses(engine)) == 1
 
+
+
+def test_a_scanner_clicking_every_score_link_is_set_aside_until_the_member_answers(engine: Engine,
+                                                                                  programme: Programme) -> None:
+    (member,) = members(engine, 1)
+    key, t0 = invitation(engine, member, channel="email"), utcnow() - timedelta(hours=1)
+    assert record(engine, key, member, 0, now=t0, channel=BY_LINK) == NEW  # a scanner fetches the links in order
+    assert nps(engine).detractors == 1
+    assert record(engine, key, member, 1, now=t0 + timedelta(seconds=1), channel=BY_LINK) == AUTOMATED
+    for score in range(2, 11):
+        assert record(engine, key, member, score, now=t0 + timedelta(seconds=2), channel=BY_LINK) == AUTOMATED
+    assert nps(engine).responses == 0  # set aside: not an answer
+    spec = load_campaign(REPO_ROOT / "config" / "campaigns" / "service_recovery.yaml", programme)
+    with engine.connect() as connection:
+        assert list(audience_ids(connection, spec, (member, member + 1), as_of=utcnow())) == []
+    # The member's own click later is not taken either (the page asks to confirm); the form's answer is.
+    assert record(engine, key, member, 9, now=t0 + timedelta(minutes=5), channel=BY_LINK) == AUTOMATED
+    assert record(engine, key, member, 9, now=t0 + timedelta(minutes=6)) == UPDATED
+    summary = nps(engine)
+    assert (summary.promoters, summary.responses) == (1, 1)
+    assert [row[2:4] for row in responses(engine)] == [(BY_FORM, 9)]
+
+
+def test_a_member_correcting_a_click_after_the_burst_window_is_an_answer(engine: Engine) -> None:
+    (member,) = members(engine, 1)
+    key, t0 = invitation(engine, member, channel="email"), utcnow() - timedelta(hours=1)
+    assert record(engine, key, member, 7, now=t0, channel=BY_LINK) == NEW
+    assert record(engine, key, member, 7, now=t0 + timedelta(seconds=1), channel=BY_LINK) == UNCHANGED  # double click
+    assert record(engine, key, member, 9, now=t0 + timedelta(seconds=45), channel=BY_LINK) == UPDATED
+    assert (nps(engine).promoters, nps(engine).responses) == (1, 1)
+    # A comment given through the form makes the row a member's answer: later clicks never count as a burst.
+    assert record(engine, key, member, 9, "Great staff", now=t0 + timedelta(seconds=50)) == UPDATED
+    assert record(engine, key, member, 8, now=t0 + timedelta(seconds=52), channel=BY_LINK) == UPDATED
 
 def test_nps_counts_each_members_latest_answer_in_the_window(engine: Engine) -> None:
     ids = members(engine, 11)

@@ -20,7 +20,7 @@ from loyalty.programme import Programme
 from loyalty.render_context import personas
 from loyalty.rendering_types import DOCUMENTED, MemberView
 from loyalty.settings import load_settings
-from loyalty.surveys import survey_token, survey_url
+from loyalty.surveys import nps, survey_token, survey_url
 from loyalty.types import utcnow
 from loyalty.web import webhooks
 from loyalty.web.app import create_app
@@ -59,9 +59,22 @@ def test_email_link_click_records_and_a_second_click_writes_nothing(client: Test
     assert page.status_code == 200 and "9 out of 10" in page.text and 'name="verbatim"' in page.text
     first = responses(engine)
     assert client.get(path(survey_url(WEB, member, key, score=9))).status_code == 200
-    assert responses(engine) == first == [(key, member, "web", 9, None, first[0][5], first[0][5])]
-    client.get(path(survey_url(WEB, member, key, score=4)))  # a corrected click
-    assert scores(engine) == [(key, member, "web", 4, None)]
+    assert responses(engine) == first == [(key, member, "link", 9, None, first[0][5], first[0][5])]
+
+
+def test_other_scores_clicked_seconds_later_ask_to_confirm_through_the_form(client: TestClient,
+                                                                             engine: Engine) -> None:
+    (member,) = members(engine, 1)
+    key = invitation(engine, member, channel="email")
+    client.get(path(survey_url(WEB, member, key, score=0)))  # a mail scanner fetching every link
+    page = client.get(path(survey_url(WEB, member, key, score=4)))
+    assert page.status_code == 200 and 'id="confirm"' in page.text and "Thank you" not in page.text
+    assert re.search(r'id="score-4"[^>]*checked', page.text)  # the clicked score, preselected
+    assert nps(engine).responses == 0
+    url = path(survey_url(WEB, member, key))
+    saved = client.post(url, data={"score": "4", "csrf": csrf_field(page.text)})
+    assert saved.status_code == 200 and "4 out of 10" in saved.text
+    assert scores(engine) == [(key, member, "web", 4, None)] and nps(engine).responses == 1
 
 
 def test_comment_post_stores_the_verbatim_and_refuses_forgeries(client: TestClient, engine: Engine) -> None:
@@ -146,7 +159,7 @@ def test_the_shipped_email_links_answer_with_one_click(client: TestClient, engin
         links = re.findall(r'href="(https://rewards\.example\.com/survey/[^"?]+)\?score=(\d+)"', html)
         assert [int(score) for _, score in links] == list(range(11))
         assert client.get(path(f"{links[7][0]}?score=7")).status_code == 200
-    assert scores(engine) == [(key, member, "web", 7, None)]
+    assert scores(engine) == [(key, member, "link", 7, None)]
 
 
 @pytest.mark.skipif("survey_url" not in DOCUMENTED, reason="templates get survey_url() once rendering provides it")
@@ -167,5 +180,5 @@ def test_a_campaign_run_invites_by_email_and_sms_and_both_answers_land(client: T
     link = re.search(r'href="(https://rewards\.example\.com/survey/[^"?]+)\?score=8"', payload["content"]["html"])
     assert link and client.get(path(link.group(1)) + "?score=8").status_code == 200
     twilio_post(client, INBOUND, {"From": phone_of(engine, by_sms), "Body": "2 - never any stock", "MessageSid": "S"})
-    assert sorted(scores(engine)) == sorted([(sent["email"], by_email, "web", 8, None),
+    assert sorted(scores(engine)) == sorted([(sent["email"], by_email, "link", 8, None),
                                              (sent["sms"], by_sms, "sms", 2, "never any stock")])

@@ -18,6 +18,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from loyalty.surveys import (
+    AUTOMATED,
+    BY_FORM,
+    BY_LINK,
     SurveyLink,
     invitation_of,
     read_survey_token,
@@ -60,20 +63,25 @@ def _score(value: str | None) -> int | None:
     return int(text) if text.isdigit() and int(text) in SCORES else None
 
 
-def _record(ctx: WebContext, link: SurveyLink, score: int, verbatim: str | None) -> None:
+def _record(ctx: WebContext, link: SurveyLink, score: int, verbatim: str | None, channel: str) -> str:
     with ctx.engine.begin() as connection:
-        record_response(connection, invitation_key=link.invitation_key, member_id=link.member_id, score=score,
-                        verbatim=verbatim, channel="web")
+        return record_response(connection, invitation_key=link.invitation_key, member_id=link.member_id,
+                               score=score, verbatim=verbatim, channel=channel)
 
 
-def _form(ctx: WebContext, token: str, *, score: int | None, status_code: int = 200) -> HTMLResponse:
-    return ctx.page("survey.html", status_code=status_code, scores=list(SCORES), score=score,
+def _form(ctx: WebContext, token: str, *, score: int | None, status_code: int = 200,
+          confirm: bool = False) -> HTMLResponse:
+    return ctx.page("survey.html", status_code=status_code, scores=list(SCORES), score=score, confirm=confirm,
                     csrf=form_csrf(ctx, FORM, token))
 
 
 @router.get("/survey/{token}", response_class=HTMLResponse)
 def survey_page(token: str, ctx: Ctx, score: str | None = None) -> HTMLResponse:
-    """With ``?score=N`` (0-10): record it and say thanks, offering the comment box; else the question."""
+    """With ``?score=N`` (0-10): record it and say thanks, offering the comment box; else the question.
+
+    When the invitation's links look fetched by a mail scanner, the click is not taken: the form asks the
+    member to confirm the score they clicked (preselected), and the POST records it.
+    """
     link = _read(ctx, token)
     if isinstance(link, HTMLResponse):
         return link
@@ -82,7 +90,8 @@ def survey_page(token: str, ctx: Ctx, score: str | None = None) -> HTMLResponse:
         with ctx.engine.connect() as connection:
             earlier = response_score(connection, link.invitation_key)
         return _form(ctx, token, score=earlier, status_code=200 if score is None else 400)
-    _record(ctx, link, chosen, None)
+    if _record(ctx, link, chosen, None, BY_LINK) == AUTOMATED:
+        return _form(ctx, token, score=chosen, confirm=True)
     return ctx.page("survey_done.html", score=chosen, csrf=form_csrf(ctx, FORM, token), commented=False)
 
 
@@ -100,6 +109,6 @@ def submit_survey(token: str, request: Request, ctx: Ctx, score: OptionalField =
     chosen = _score(score)
     if chosen is None:
         return _form(ctx, token, score=None, status_code=400)
-    _record(ctx, link, chosen, verbatim)
+    _record(ctx, link, chosen, verbatim, BY_FORM)
     return ctx.page("survey_done.html", score=chosen, csrf=form_csrf(ctx, FORM, token),
                     commented=bool((verbatim or "").strip()))

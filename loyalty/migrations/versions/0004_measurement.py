@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column("verbatim", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=True),
         sa.Column("responded_at", loyalty.types.UTCDateTime(), nullable=False),
         sa.Column("updated_at", loyalty.types.UTCDateTime(), nullable=False),
+        sa.Column("automated_at", loyalty.types.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["member_id"],
             ["members.id"],
