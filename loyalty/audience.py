@@ -25,7 +25,7 @@ from loyalty.campaigns import Audience, CampaignSpec
 from loyalty.db import balanced_ranges, fetch_rows
 from loyalty.models import CHANNEL_CONSENTS, MEMBERS, PUSH_SUBSCRIPTIONS, SUPPRESSIONS
 from loyalty.models_measurement import MEMBER_LIFETIME, SURVEY_RESPONSES
-from loyalty.surveys import counted
+from loyalty.surveys import NPS, counted
 from loyalty.types import NPS_SCORES, Channel, as_utc
 
 m = MEMBERS
@@ -106,9 +106,9 @@ def _lifetime(audience: Audience) -> sa.ColumnElement[bool] | None:
 
 
 def _nps(audience: Audience, as_of: datetime) -> sa.ColumnElement[bool]:
-    """The member's latest survey answer up to the slot (within ``nps_within_days`` if set) is in a wanted group."""
+    """The member's latest NPS answer up to the slot (within ``nps_within_days`` if set) is in a wanted group."""
     s = SURVEY_RESPONSES.c
-    window = [s.member_id == m.c.id, s.responded_at <= as_of, counted()]
+    window = [s.member_id == m.c.id, s.survey == NPS, s.responded_at <= as_of, counted()]
     if audience.nps_within_days is not None:
         window.append(s.responded_at >= as_of - timedelta(days=audience.nps_within_days))
     latest = (sa.select(s.score).where(*window).order_by(s.responded_at.desc(), s.id.desc()).limit(1)

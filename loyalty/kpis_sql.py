@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from loyalty.models import MEMBER_LIFETIME, MEMBERS, SURVEY_RESPONSES, TRANSACTIONS
-from loyalty.surveys import counted
+from loyalty.surveys import NPS, counted
 from loyalty.types import NPS_SCORES, NpsCategory, as_utc
 
 #: Lifecycle segments, in display order (see :func:`lifecycle_segments`).
@@ -29,7 +29,6 @@ FREQUENCY_DAYS = 365
 #: The cube's measures, in column order; each sums across groups (see :func:`kpi_cube`).
 MEASURES = ("members", "prev_buyers", "retained", "purchases", "buyers", "net_cents", "clv_sum", "clv_n",
             "promoters", "detractors", "responses")
-NPS_SURVEY = "nps"
 
 t, m = TRANSACTIONS.c, MEMBERS.c
 
@@ -108,7 +107,7 @@ def _latest_scores(bounds: Sequence[datetime], *, by_month: bool) -> sa.Subquery
     """Each member's latest NPS score in ``[bounds[0], bounds[-1])``, per month of ``bounds`` if ``by_month``."""
     s = SURVEY_RESPONSES.c
     base = (sa.select(s.id, s.member_id, s.score, s.responded_at, bucket(s.responded_at, bounds).label("idx"))
-            .where(s.survey == NPS_SURVEY, counted(), _in_range(s.responded_at, bounds)).subquery("responses"))
+            .where(s.survey == NPS, counted(), _in_range(s.responded_at, bounds)).subquery("responses"))
     b = base.c
     rank = sa.func.row_number().over(partition_by=[b.member_id, b.idx] if by_month else [b.member_id],
                                      order_by=[b.responded_at.desc(), b.id.desc()])

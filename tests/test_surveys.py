@@ -219,6 +219,10 @@ def test_recent_detractors_are_the_service_recovery_audience(engine: Engine, pro
     for member, score, days_ago in [(detractor, 3, 2), (promoter, 10, 2), (old_detractor, 0, 45), (recovered, 2, 20),
                                     (recovered, 9, 1)]:  # a later promoter answer replaces the detractor one
         record(engine, invitation(engine, member, channel="email"), member, score, now=now - timedelta(days=days_ago))
+    csat = invitation(engine, detractor, channel="email")
+    with engine.begin() as connection:  # a later answer to another survey is not an NPS answer
+        record_response(connection, invitation_key=csat, member_id=detractor, score=10, channel=BY_FORM,
+                        survey="csat", now=now - timedelta(days=1))
     with engine.connect() as connection:
         found = audience_ids(connection, spec, (detractor, silent + 1), as_of=now)
     assert list(found) == [detractor]
