@@ -198,11 +198,17 @@ def invitation_of(connection: sa.Connection, invitation_key: str, member_id: int
     return bool(fetch_rows(connection, query))
 
 
+def recorded_answer(connection: sa.Connection, invitation_key: str) -> tuple[int, str | None] | None:
+    """The score and comment already recorded for an invitation, or None."""
+    r = SURVEY_RESPONSES.c
+    rows = fetch_rows(connection, sa.select(r.score, r.verbatim).where(r.invitation_key == invitation_key))
+    return (int(rows[0][0]), rows[0][1]) if rows else None
+
+
 def response_score(connection: sa.Connection, invitation_key: str) -> int | None:
     """The score already recorded for an invitation, or None."""
-    query = sa.select(SURVEY_RESPONSES.c.score).where(SURVEY_RESPONSES.c.invitation_key == invitation_key)
-    rows = fetch_rows(connection, query)
-    return int(rows[0][0]) if rows else None
+    answer = recorded_answer(connection, invitation_key)
+    return None if answer is None else answer[0]
 
 
 def latest_sms_invitation(connection: sa.Connection, phone: str, within_days: int = SMS_ANSWER_DAYS, *,
@@ -250,26 +256,34 @@ def parse_sms_answer(body: str) -> tuple[int, str | None] | None:
 
 
 THANKS = {"en": "Thank you for your answer!", "fr": "Merci pour votre réponse!"}
+HINT = {"en": "Please reply with a number from 0 to 10.", "fr": "Veuillez répondre par un nombre de 0 à 10."}
 
 
 def answer_by_sms(connection: sa.Connection, phone: str, body: str, *, now: datetime | None = None) -> str | None:
-    """Record an SMS reply to the open survey invitation of ``phone``; the thank-you reply, or None.
+    """Record an SMS reply to the open survey invitation of ``phone``; the reply to send, or None.
 
-    A text that is not a score still counts as the comment when the invitation already has a score
-    (members often send "9" and then a sentence). Idempotent: the same text again changes nothing.
+    A text that is not a score is added to the comment once the invitation has a score (members often
+    send "9" and then a sentence or two): appended, never replacing what the member said before. A number
+    that is no score ("11", "7.5") before any score gets a hint. Idempotent: the same text again (Twilio
+    retrying the webhook) changes nothing and is thanked again.
     """
     invitation = latest_sms_invitation(connection, phone, now=now)
     if invitation is None:
         return None
+    language = "fr" if invitation.locale.lower().startswith("fr") else "en"
     answer = parse_sms_answer(body)
     if answer is None:
-        score = response_score(connection, invitation.key)
-        if score is None or clean_verbatim(body) is None:
+        recorded, comment = recorded_answer(connection, invitation.key), clean_verbatim(body)
+        if recorded is None:
+            return HINT[language] if body.strip()[:1].isdigit() else None
+        if comment is None:
             return None
-        answer = (score, body)
+        earlier = recorded[1]
+        added = earlier is None or comment not in earlier.split("\n")
+        answer = (recorded[0], comment if earlier is None else f"{earlier}\n{comment}" if added else None)
     record_response(connection, invitation_key=invitation.key, member_id=invitation.member_id, score=answer[0],
                     verbatim=answer[1], channel=BY_SMS, now=now)
-    return THANKS["fr" if invitation.locale.lower().startswith("fr") else "en"]
+    return THANKS[language]
 
 
 # -- the score -------------------------------------------------------------------------------------------------------

@@ -126,11 +126,30 @@ def test_sms_reply_through_the_signed_webhook_is_recorded_once(client: TestClien
     recorded = responses(engine)
     assert twilio_post(client, INBOUND, params).status_code == 200  # Twilio retries the same webhook
     assert responses(engine) == recorded and scores(engine) == [(key, member, "sms", 9, "great staff")]
-    # A sentence after the score is the comment; the score stays.
-    twilio_post(client, INBOUND, params | {"Body": "The new bakery is lovely", "MessageSid": "SM2"})
-    assert scores(engine) == [(key, member, "sms", 9, "The new bakery is lovely")]
+    # A sentence after the score adds to the comment (a retry adds nothing); the score stays.
+    for _ in range(2):
+        twilio_post(client, INBOUND, params | {"Body": "The new bakery is lovely", "MessageSid": "SM2"})
+    assert scores(engine) == [(key, member, "sms", 9, "great staff\nThe new bakery is lovely")]
     reply = twilio_post(client, INBOUND, {"From": phone_of(engine, french), "Body": "dix", "MessageSid": "SM3"})
     assert "Merci" in reply.text and scores(engine)[1] == (key_fr, french, "sms", 10, None)
+
+
+def test_a_number_that_is_no_score_gets_a_hint_and_writes_nothing(client: TestClient, engine: Engine) -> None:
+    member, french = members(engine, 1) + members(engine, 1, locale="fr_CA")
+    invitation(engine, member), invitation(engine, french)
+    for phone, body, hint in [(phone_of(engine, member), "11", "number from 0 to 10"),
+                              (phone_of(engine, french), "7.5", "nombre de 0 à 10")]:
+        reply = twilio_post(client, INBOUND, {"From": phone, "Body": body, "MessageSid": f"SM-{body}"})
+        assert reply.status_code == 200 and hint in reply.text
+    assert not responses(engine)
+
+
+def test_a_score_that_is_not_exactly_a_number_is_a_bad_request(client: TestClient, engine: Engine) -> None:
+    (member,) = members(engine, 1)
+    url = path(survey_url(WEB, member, invitation(engine, member, channel="email")))
+    for score in ("²", "٣", " 9x", "-1"):
+        assert client.get(url, params={"score": score}).status_code == 400
+    assert not responses(engine)
 
 
 def test_forged_or_unrelated_sms_writes_nothing(client: TestClient, engine: Engine) -> None:

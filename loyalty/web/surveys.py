@@ -34,6 +34,7 @@ from loyalty.web.forms import OptionalField, cross_site, csrf_matches, form_csrf
 router = APIRouter()
 FORM = "survey-form"  # binds the hidden CSRF field to this form
 SCORES = range(11)
+_SCORE_TEXT = {str(n): n for n in SCORES}
 
 
 def _read(ctx: WebContext, token: str) -> SurveyLink | HTMLResponse:
@@ -59,8 +60,7 @@ def _invalid(ctx: WebContext) -> HTMLResponse:
 
 def _score(value: str | None) -> int | None:
     """A 0-10 score from a query or form value; None when absent or anything else."""
-    text = (value or "").strip()
-    return int(text) if text.isdigit() and int(text) in SCORES else None
+    return _SCORE_TEXT.get((value or "").strip())  # exact text: "²".isdigit() is true, int("²") fails
 
 
 def _record(ctx: WebContext, link: SurveyLink, score: int, verbatim: str | None, channel: str) -> str:
