@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -37,12 +37,11 @@ from loyalty.cli_flows import flows_app
 from loyalty.cli_models import evaluate_app, models_app
 from loyalty.cli_outbox import outbox_app
 from loyalty.cli_reports import report_app
-from loyalty.cli_support import fail
+from loyalty.cli_support import as_of_option, fail
 from loyalty.cli_templates import templates_app
 from loyalty.db import create_db_engine, current_revision, session_scope, upgrade
 from loyalty.programme import ConfigError, Programme, load_programme, sync_catalogue
 from loyalty.settings import Settings, load_settings
-from loyalty.types import as_utc
 
 console = Console()
 
@@ -221,9 +220,6 @@ def members_show(ctx: typer.Context, reference: Annotated[str, typer.Argument(he
 AsOf = Annotated[datetime | None, typer.Option(help="Evaluate as of this UTC time (default: now).")]
 
 
-def _as_of(value: datetime | None) -> datetime | None:
-    # Typer parses naive datetimes; the command line speaks UTC.
-    return None if value is None else as_utc(value if value.tzinfo else value.replace(tzinfo=UTC))
 
 
 @points_app.command("expire")
@@ -233,7 +229,7 @@ def points_expire(ctx: typer.Context, as_of: AsOf = None) -> None:
 
     app_ctx = _ctx(ctx)
     with session_scope(app_ctx.engine) as session:
-        result = expire_points(session, _programme(app_ctx), as_of=_as_of(as_of))
+        result = expire_points(session, _programme(app_ctx), as_of=as_of_option(as_of))
     console.print(f"expired [bold]{result.points:,}[/] points from {result.members:,} members")
 
 
@@ -244,7 +240,7 @@ def tiers_evaluate(ctx: typer.Context, as_of: AsOf = None) -> None:
 
     app_ctx = _ctx(ctx)
     with session_scope(app_ctx.engine) as session:
-        changes = evaluate_tiers(session, _programme(app_ctx), as_of=_as_of(as_of))
+        changes = evaluate_tiers(session, _programme(app_ctx), as_of=as_of_option(as_of))
     ups = sum(change.direction == "up" for change in changes)
     console.print(f"{ups:,} upgrades and {len(changes) - ups:,} downgrades recorded")
 

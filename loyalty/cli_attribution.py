@@ -7,7 +7,7 @@ holdout conversion (intent-to-treat means; the measurement with intervals reads 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from loyalty.cli_support import app_context as _app
-from loyalty.types import as_utc, utcnow
+from loyalty.cli_support import as_of_option
+from loyalty.types import utcnow
 
 if TYPE_CHECKING:
     pass
@@ -48,8 +49,7 @@ def attribute_command(
     from loyalty import attribution
 
     app_ctx = _app(ctx)
-    # Typer parses naive datetimes; the command line speaks UTC.
-    when = utcnow() if as_of is None else as_utc(as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC))
+    when = as_of_option(as_of) or utcnow()
     engine = app_ctx.engine
     run_ids = attribution.runs_needing_attribution(engine, as_of=when)
     totals = attribution.attribute_all(engine, as_of=when, chunk_size=chunk_size or app_ctx.settings.chunk_size)

@@ -7,7 +7,7 @@ with a purchase, rows written to ``member_lifetime``) and prints the parameters 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loyalty.cli_support import app_context as _app
-from loyalty.cli_support import fail
-from loyalty.types import as_utc
+from loyalty.cli_support import as_of_option, fail
 
 clv_app = typer.Typer(help="Member lifetime value (BG/NBD + Gamma-Gamma).", no_args_is_help=True)
 console = Console()
@@ -54,7 +53,7 @@ def fit_command(
     from loyalty import clv
 
     app_ctx = _app(ctx)
-    when = None if as_of is None else as_utc(as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC))
+    when = as_of_option(as_of)
     try:
         result = clv.fit_lifetime(app_ctx.engine, as_of=when, chunk_size=app_ctx.settings.chunk_size)
     except (ValueError, RuntimeError) as exc:

@@ -9,7 +9,7 @@ printing, for other callers (``loyalflow demo``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from loyalty.cli_support import app_context as _app
-from loyalty.cli_support import fail
+from loyalty.cli_support import as_of_option, fail
 from loyalty.programme import Programme
-from loyalty.types import as_utc, utcnow
+from loyalty.types import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -34,9 +34,6 @@ AsOf = Annotated[datetime | None, typer.Option(help="Measure as of this UTC time
 Out = Annotated[Path | None, typer.Option(help="Where to write the HTML (default: under var/reports/).")]
 
 
-def _when(as_of: datetime | None) -> datetime:
-    # Typer parses naive datetimes; the command line speaks UTC.
-    return utcnow() if as_of is None else as_utc(as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC))
 
 
 def _write(path: Path, html: str) -> None:
@@ -95,7 +92,7 @@ def campaign_command(
 
     app_ctx = _app(ctx)
     try:
-        m, path = write_campaign_report(app_ctx.engine, app_ctx.programme, name, run_id=run, as_of=_when(as_of),
+        m, path = write_campaign_report(app_ctx.engine, app_ctx.programme, name, run_id=run, as_of=as_of_option(as_of),
                                         out=out, reports_dir=app_ctx.settings.var_dir / "reports")
     except LookupError as exc:
         fail(str(exc))
@@ -117,7 +114,7 @@ def programme_command(
     from loyalty import reports
 
     app_ctx = _app(ctx)
-    k, path = write_programme_report(app_ctx.engine, app_ctx.programme, as_of=_when(as_of), out=out,
+    k, path = write_programme_report(app_ctx.engine, app_ctx.programme, as_of=as_of_option(as_of), out=out,
                                      period_days=period_days, months=months,
                                      reports_dir=app_ctx.settings.var_dir / "reports")
     console.print(reports.programme_table(k, currency=app_ctx.programme.currency))

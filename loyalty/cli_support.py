@@ -5,10 +5,13 @@ Kept apart from :mod:`loyalty.cli`, which imports the command modules (they cann
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
+
+from loyalty.types import as_utc
 
 if TYPE_CHECKING:
     from loyalty.cli import AppContext
@@ -25,3 +28,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error in red and exit with ``code`` (2 for configuration, 1 otherwise)."""
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+def as_of_option(value: datetime | None) -> datetime | None:
+    """An ``--as-of`` option in UTC: Typer parses naive datetimes, and the command line speaks UTC."""
+    return None if value is None else as_utc(value if value.tzinfo else value.replace(tzinfo=UTC))

@@ -12,7 +12,6 @@ because its lines would contain the tokens.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.engine import Engine
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Engine
 from loyalty.db import create_db_engine
 from loyalty.settings import Settings
 from loyalty.web import events, preferences, preview, reports, surveys, webhooks
-from loyalty.web.context import WebContext, page_environment, sendgrid_verifier
+from loyalty.web.context import WebContext, is_loopback, page_environment, sendgrid_verifier
 
 SECURITY_HEADERS = {
     # Pages inline their CSS (one small <style>), hence 'unsafe-inline' for styles only; no scripts at all.
@@ -47,7 +46,7 @@ def create_app(settings: Settings, engine: Engine | None = None, *, enable_previ
     app.include_router(preferences.router)
     app.include_router(surveys.router)  # /survey/{token}: NPS answers from email links
     app.include_router(reports.router)  # /reports: HTTP Basic, or loopback only when no password is set
-    if enable_preview if enable_preview is not None else _loopback(settings.web.public_base_url):
+    if enable_preview if enable_preview is not None else is_loopback(settings.web.public_base_url):
         app.include_router(preview.router)  # sets its own CSP: script-src 'self' for its reload script
 
     @app.middleware("http")
@@ -64,6 +63,3 @@ def create_app(settings: Settings, engine: Engine | None = None, *, enable_previ
 
     return app
 
-
-def _loopback(url: str) -> bool:
-    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
+from urllib.parse import urlsplit
 
 import jinja2
 from fastapi import Depends, Request
@@ -15,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sqlalchemy.engine import Engine
 
+from loyalty.reports import report_environment
 from loyalty.settings import Settings
 
 CHANNEL_LABELS = {"email": "email", "sms": "text (SMS)", "push": "push notification"}
@@ -22,9 +24,13 @@ CHANNEL_TITLES = {"email": "Email", "sms": "Text messages (SMS)", "push": "Push 
 
 
 def page_environment() -> jinja2.Environment:
-    """The Jinja environment for ``loyalty/web/pages`` (HTML is always autoescaped)."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("loyalty.web", "pages"),
-                              autoescape=True, undefined=jinja2.StrictUndefined)
+    """The Jinja environment for ``loyalty/web/pages`` (HTML is always autoescaped); reports render with it too."""
+    return report_environment()
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine (a marketer's own, where preview and reports need no password)."""
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def sendgrid_verifier(settings: Settings) -> EventWebhook | None:

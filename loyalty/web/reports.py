@@ -14,7 +14,7 @@ import binascii
 import hmac
 from collections import defaultdict
 from typing import Annotated
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
@@ -22,13 +22,9 @@ from fastapi.responses import HTMLResponse
 from loyalty import kpis, measurement, reports
 from loyalty.measurement import RunListing
 from loyalty.programme import Programme, load_programme
-from loyalty.web.context import Ctx, WebContext
+from loyalty.web.context import Ctx, WebContext, is_loopback
 
 REALM = 'Basic realm="loyalflow reports", charset="UTF-8"'
-
-
-def _loopback(url: str) -> bool:
-    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _basic_password(header: str) -> bytes | None:
@@ -49,7 +45,7 @@ def require_access(request: Request, ctx: Ctx) -> None:
     secret = ctx.settings.web.reports_password
     expected = secret.get_secret_value().encode() if secret is not None else b""
     if not expected:  # an empty password is no password: it would let anyone in
-        if _loopback(ctx.settings.web.public_base_url):
+        if is_loopback(ctx.settings.web.public_base_url):
             return
         raise HTTPException(status_code=404)
     given = _basic_password(request.headers.get("authorization", ""))
@@ -82,8 +78,7 @@ def reports_index(ctx: Ctx) -> HTMLResponse:
         campaigns[run.campaign].append(run)
     rows = [{"name": name, "href": f"/reports/campaigns/{quote(name, safe='')}", "runs": runs}
             for name, runs in sorted(campaigns.items())]
-    html = reports.report_environment().get_template("report_index.html").render(campaigns=rows, index_href=None)
-    return HTMLResponse(html)
+    return ctx.page("report_index.html", campaigns=rows, index_href=None)
 
 
 @router.get("/programme", response_class=HTMLResponse)
