@@ -83,6 +83,11 @@ def fetch_rows(connection: Session | sa.Connection, query: sa.Executable) -> lis
     return [tuple(row) for row in connection.execute(query)]
 
 
+def count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+    """``COUNT`` of the rows where ``condition`` holds (portable: no ``FILTER`` clause on old SQLite)."""
+    return sa.func.count(sa.case((condition, 1)))
+
+
 def balanced_ranges(engine: Engine, ids: sa.ColumnElement[int], where: sa.ColumnElement[bool],
                     chunk_size: int) -> list[tuple[int, int]]:
     """Half-open ``(lo, hi)`` ranges of ``ids``, each holding ``chunk_size`` rows matching ``where``.

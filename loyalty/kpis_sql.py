@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from loyalty.db import count_if
 from loyalty.models import MEMBER_LIFETIME, MEMBERS, SURVEY_RESPONSES, TRANSACTIONS
 from loyalty.surveys import NPS, counted
 from loyalty.types import NPS_SCORES, NpsCategory, as_utc
@@ -31,10 +32,6 @@ MEASURES = ("members", "prev_buyers", "retained", "purchases", "buyers", "net_ce
             "promoters", "detractors", "responses")
 
 t, m = TRANSACTIONS.c, MEMBERS.c
-
-
-def _count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-    return sa.func.count(sa.case((condition, 1)))
 
 
 def _total(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -59,12 +56,12 @@ def _activity(as_of: datetime, period_days: int | None) -> sa.Subquery:
     period's net amount (``cur_net``). One pass over recent transactions, not the whole history."""
     bought = t.amount_cents > 0
     columns = [t.member_id, sa.func.max(sa.case((bought, t.occurred_at))).label("last"),
-               _count_if(sa.and_(bought, t.occurred_at >= as_of - timedelta(days=FREQUENCY_DAYS))).label("recent")]
+               count_if(sa.and_(bought, t.occurred_at >= as_of - timedelta(days=FREQUENCY_DAYS))).label("recent")]
     if period_days is not None:
         start, prev_start = as_of - timedelta(days=period_days), as_of - timedelta(days=2 * period_days)
         current = t.occurred_at >= start
-        columns += [_count_if(sa.and_(bought, ~current, t.occurred_at >= prev_start)).label("prev_n"),
-                    _count_if(sa.and_(bought, current)).label("cur_n"),
+        columns += [count_if(sa.and_(bought, ~current, t.occurred_at >= prev_start)).label("prev_n"),
+                    count_if(sa.and_(bought, current)).label("cur_n"),
                     _total(sa.case((current, t.amount_cents), else_=0)).label("cur_net")]
     since = as_of - timedelta(days=max(FREQUENCY_DAYS, LAPSED_DAYS, 2 * (period_days or 0)))
     return (sa.select(*columns).where(t.occurred_at >= since, t.occurred_at < as_of)
@@ -117,7 +114,7 @@ def _latest_scores(bounds: Sequence[datetime], *, by_month: bool) -> sa.Subquery
 
 def _score_measures(score: sa.ColumnElement[int]) -> list[sa.ColumnElement[int]]:
     promoters, detractors = NPS_SCORES[NpsCategory.PROMOTER], NPS_SCORES[NpsCategory.DETRACTOR]
-    return [_count_if(score.between(*promoters)), _count_if(score.between(*detractors)), sa.func.count(score)]
+    return [count_if(score.between(*promoters)), count_if(score.between(*detractors)), sa.func.count(score)]
 
 
 def kpi_cube(as_of: datetime, period_days: int) -> sa.Select[Any]:
@@ -132,8 +129,8 @@ def kpi_cube(as_of: datetime, period_days: int) -> sa.Select[Any]:
     scores = _latest_scores([as_of - timedelta(days=period_days), as_of], by_month=False)
     g, ml = seg.c, MEMBER_LIFETIME
     joined = seg.outerjoin(ml, ml.c.member_id == g.member_id).outerjoin(scores, scores.c.member_id == g.member_id)
-    return (sa.select(g.tier, g.segment, g.locale, sa.func.count(), _count_if(g.prev_n > 0),
-                      _count_if(sa.and_(g.prev_n > 0, g.cur_n > 0)), _total(g.cur_n), _count_if(g.cur_n > 0),
+    return (sa.select(g.tier, g.segment, g.locale, sa.func.count(), count_if(g.prev_n > 0),
+                      count_if(sa.and_(g.prev_n > 0, g.cur_n > 0)), _total(g.cur_n), count_if(g.cur_n > 0),
                       _total(g.cur_net), _total(ml.c.clv_12m_cents), sa.func.count(ml.c.clv_12m_cents),
                       *_score_measures(scores.c.score))
             .select_from(joined).group_by(g.tier, g.segment, g.locale))
@@ -148,7 +145,7 @@ def month_spend(bounds: Sequence[datetime]) -> sa.Select[Any]:
     base = (sa.select(t.member_id, t.amount_cents, bucket(t.occurred_at, bounds).label("idx"))
             .where(_in_range(t.occurred_at, bounds)).subquery("monthly_tx"))
     b = base.c
-    monthly = (sa.select(b.member_id, b.idx, _count_if(b.amount_cents > 0).label("n"),
+    monthly = (sa.select(b.member_id, b.idx, count_if(b.amount_cents > 0).label("n"),
                          _total(b.amount_cents).label("net"))
                .group_by(b.member_id, b.idx).subquery("monthly"))
     c = monthly.c
@@ -156,8 +153,8 @@ def month_spend(bounds: Sequence[datetime]) -> sa.Select[Any]:
                                                               rows=(None, -1))
     lagged = sa.select(c.idx, c.n, c.net, last_bought.label("last_bought")).subquery("lagged")
     g = lagged.c
-    return (sa.select(g.idx, _total(g.n), _count_if(g.n > 0), _total(g.net),
-                      _count_if(sa.and_(g.n > 0, g.last_bought == g.idx - 1)))
+    return (sa.select(g.idx, _total(g.n), count_if(g.n > 0), _total(g.net),
+                      count_if(sa.and_(g.n > 0, g.last_bought == g.idx - 1)))
             .group_by(g.idx))
 
 
@@ -169,7 +166,7 @@ def month_scores(bounds: Sequence[datetime]) -> sa.Select[Any]:
 
 def month_members(bounds: Sequence[datetime]) -> sa.Select[*tuple[int, ...]]:
     """One row: members who had joined by the end of each month of ``bounds``."""
-    return sa.select(*(_count_if(m.joined_at < end) for end in bounds[1:]))
+    return sa.select(*(count_if(m.joined_at < end) for end in bounds[1:]))
 
 
 def cohort_sizes(bounds: Sequence[datetime]) -> sa.Select[Any]:

@@ -29,15 +29,14 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from loyalty.attribution import HOLDOUT, run_window
-from loyalty.db import fetch_rows
+from loyalty.db import count_if, fetch_rows
 from loyalty.measurement_stats import Moments, proportion_lift, roi, welch_lift
 from loyalty.measurement_types import ArmResult, CumulativePoint, RunMeasurement
 from loyalty.models import CAMPAIGN_ASSIGNMENTS, CAMPAIGN_OUTCOMES, CAMPAIGN_RUNS, CAMPAIGNS, OFFERS
-from loyalty.programme import Programme, load_programme
-from loyalty.settings import load_settings
+from loyalty.programme import Programme
 from loyalty.types import Channel, RunStatus, as_utc, utcnow
 
 OVERALL = "overall"
@@ -58,7 +57,6 @@ class RunListing(NamedTuple):
 class Tally:
     """Counts and revenue moments of a group of outcome rows (an offer, a variant, a side)."""
 
-    members: int = 0
     sent: int = 0
     delivered: int = 0
     opened: int = 0
@@ -67,10 +65,15 @@ class Tally:
     revenue: Moments = field(default_factory=lambda: Moments(0, 0, 0))
     sent_by_channel: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def members(self) -> int:
+        """Every outcome row has a revenue value (0 for no purchase), so the moments' count is the members."""
+        return self.revenue.n
+
     def __add__(self, other: Tally) -> Tally:
         channels = {c: self.sent_by_channel.get(c, 0) + other.sent_by_channel.get(c, 0)
                     for c in {*self.sent_by_channel, *other.sent_by_channel}}
-        return Tally(self.members + other.members, self.sent + other.sent, self.delivered + other.delivered,
+        return Tally(self.sent + other.sent, self.delivered + other.delivered,
                      self.opened + other.opened, self.clicked + other.clicked, self.converted + other.converted,
                      self.revenue + other.revenue, channels)
 
@@ -83,11 +86,7 @@ class _Group:
     tally: Tally
 
 
-def _count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-    return sa.func.count(sa.case((condition, 1)))
-
-
-def _groups(engine: Engine, run_id: int) -> tuple[list[_Group], int, datetime | None]:
+def _groups(connection: Connection, run_id: int) -> tuple[list[_Group], int, datetime | None]:
     """Tallies per (treated, offer, variant), rows not final, and the earliest ``counted_until``."""
     o = CAMPAIGN_OUTCOMES.c
     offer = sa.func.coalesce(o.offer_code, o.arm)
@@ -96,16 +95,15 @@ def _groups(engine: Engine, run_id: int) -> tuple[list[_Group], int, datetime | 
     channels = [str(c) for c in Channel]
     query = (sa.select(o.treated, offer, o.variant, sa.func.count(), sa.func.count(o.sent_at),
                        sa.func.count(o.delivered_at), sa.func.count(o.opened_at), sa.func.count(o.clicked_at),
-                       _count(o.converted), sa.func.coalesce(sa.func.sum(revenue), 0),
-                       sa.func.coalesce(sa.func.sum(revenue * revenue), 0), _count(~o.final),
-                       sa.func.min(o.counted_until), *(_count(sent & (o.channel == c)) for c in channels))
+                       count_if(o.converted), sa.func.coalesce(sa.func.sum(revenue), 0),
+                       sa.func.coalesce(sa.func.sum(revenue * revenue), 0), count_if(~o.final),
+                       sa.func.min(o.counted_until), *(count_if(sent & (o.channel == c)) for c in channels))
              .where(o.run_id == run_id).group_by(o.treated, offer, o.variant))
-    with engine.connect() as connection:
-        rows = fetch_rows(connection, query)
+    rows = fetch_rows(connection, query)
     groups, open_rows, counted = [], 0, None
     for treated, name, variant, n, snt, dlv, opn, clk, conv, total, squares, not_final, until, *by in rows:
         # Exact integer sums (PostgreSQL returns numeric) keep the variance free of rounding.
-        tally = Tally(int(n), int(snt), int(dlv), int(opn), int(clk), int(conv),
+        tally = Tally(int(snt), int(dlv), int(opn), int(clk), int(conv),
                       Moments(int(n), int(total), int(squares)),
                       {c: int(k) for c, k in zip(channels, by, strict=True) if k})
         groups.append(_Group(bool(treated), str(name), variant, tally))
@@ -114,11 +112,10 @@ def _groups(engine: Engine, run_id: int) -> tuple[list[_Group], int, datetime | 
     return groups, open_rows, counted
 
 
-def _offer_costs(engine: Engine, programme: Programme) -> dict[str, float]:
+def _offer_costs(connection: Connection, programme: Programme) -> dict[str, float]:
     """Cost per redemption of every offer: the programme's, else the catalogue's (offers since removed)."""
-    with engine.connect() as connection:
-        costs = {str(code): float(cost) for code, cost in fetch_rows(connection, sa.select(OFFERS.c.code,
-                                                                                           OFFERS.c.cost_cents))}
+    catalogue = fetch_rows(connection, sa.select(OFFERS.c.code, OFFERS.c.cost_cents))
+    costs = {str(code): float(cost) for code, cost in catalogue}
     return costs | {o.code: float(o.cost_cents) for o in programme.offers}
 
 
@@ -171,16 +168,15 @@ def _arms(groups: list[_Group], pricing: _Pricing) -> tuple[list[ArmResult], Arm
     return arms, overall
 
 
-def cumulative(engine: Engine, run_id: int, slot: datetime, until: datetime) -> list[CumulativePoint]:
+def cumulative(connection: Connection, run_id: int, slot: datetime, until: datetime) -> list[CumulativePoint]:
     """Share of each side converted ``day`` days after the slot, for each whole or partial day to ``until``."""
     days = max(0, math.ceil((until - slot) / DAY))
     if days == 0:
         return []
     o = CAMPAIGN_OUTCOMES.c
-    by_day = [_count(o.first_purchase_at < slot + d * DAY) for d in range(1, days + 1)]
+    by_day = [count_if(o.first_purchase_at < slot + d * DAY) for d in range(1, days + 1)]
     query = sa.select(o.treated, sa.func.count(), *by_day).where(o.run_id == run_id).group_by(o.treated)
-    with engine.connect() as connection:
-        sides = {bool(row[0]): row[1:] for row in fetch_rows(connection, query)}
+    sides = {bool(row[0]): row[1:] for row in fetch_rows(connection, query)}
     def rate(treated: bool, day: int) -> float:
         row = sides.get(treated)
         return int(row[day]) / int(row[0]) if row and row[0] else 0.0
@@ -188,10 +184,9 @@ def cumulative(engine: Engine, run_id: int, slot: datetime, until: datetime) -> 
             for d in range(1, days + 1)]
 
 
-def _assigned(engine: Engine, run_id: int) -> int:
+def _assigned(connection: Connection, run_id: int) -> int:
     a = CAMPAIGN_ASSIGNMENTS.c
-    with engine.connect() as connection:
-        [(count,)] = fetch_rows(connection, sa.select(sa.func.count()).where(a.run_id == run_id))
+    [(count,)] = fetch_rows(connection, sa.select(sa.func.count()).where(a.run_id == run_id))
     return int(count)
 
 
@@ -210,32 +205,33 @@ def caution_text(window_end: datetime, as_of: datetime, open_rows: int, attribut
     return "; ".join(notes) or None
 
 
-def measure_run(engine: Engine, run_id: int, *, as_of: datetime | None = None,
-                programme: Programme | None = None) -> RunMeasurement:
+def measure_run(engine: Engine, run_id: int, *, programme: Programme,
+                as_of: datetime | None = None) -> RunMeasurement:
     """Attribution and lift of run ``run_id`` per arm, as attributed in ``campaign_outcomes``.
 
     ``as_of`` (default now) only decides whether the window counts as open: the figures are those of
-    the last attribution (its ``counted_until``). ``programme`` (default: the configured one) prices
-    offers and messages. Raises ``LookupError`` for an unknown run.
+    the last attribution (its ``counted_until``). ``programme`` prices offers and messages. Raises
+    ``LookupError`` for an unknown run. One connection, so every figure reads the same state.
     """
     as_of = utcnow() if as_of is None else as_utc(as_of)
-    programme = programme or load_programme(load_settings().config_dir)
     with engine.connect() as connection:
         window = run_window(connection, run_id)
         campaign = str(connection.execute(sa.select(CAMPAIGNS.c.name).join(
             CAMPAIGN_RUNS, CAMPAIGN_RUNS.c.campaign_id == CAMPAIGNS.c.id).where(CAMPAIGN_RUNS.c.id == run_id))
             .scalar_one())
-    groups, open_rows, counted_until = _groups(engine, run_id)
-    pricing = _Pricing(_offer_costs(engine, programme), {str(c): v for c, v in programme.message_cost_cents.items()},
-                       programme.margin_per_conversion_cents)
+        groups, open_rows, counted_until = _groups(connection, run_id)
+        pricing = _Pricing(_offer_costs(connection, programme),
+                           {str(c): v for c, v in programme.message_cost_cents.items()},
+                           programme.margin_per_conversion_cents)
+        until = min(counted_until, window.window_end) if counted_until else window.slot
+        points = cumulative(connection, run_id, window.slot, until)
+        assigned = _assigned(connection, run_id)
     arms, overall = _arms(groups, pricing)
     attributed = arms[0].members + overall.members
-    until = min(counted_until, window.window_end) if counted_until else window.slot
     return RunMeasurement(
         run_id=run_id, campaign=campaign, slot=window.slot, window_end=window.window_end, as_of=as_of, arms=arms,
-        overall=overall, cumulative=cumulative(engine, run_id, window.slot, until),
-        caution=caution_text(window.window_end, as_of, open_rows, attributed, _assigned(engine, run_id),
-                             counted_until))
+        overall=overall, cumulative=points,
+        caution=caution_text(window.window_end, as_of, open_rows, attributed, assigned, counted_until))
 
 
 def list_runs(engine: Engine, campaign: str | None = None) -> list[RunListing]:

@@ -78,10 +78,6 @@ class RunMeasurement:
     #: Set while the attribution window is still open: early figures overstate certainty.
     caution: str | None = None
 
-    @property
-    def window_closed(self) -> bool:
-        return self.caution is None
-
 
 @dataclass(frozen=True)
 class KpiRow:

@@ -169,8 +169,6 @@ def _arm_row(arm: ArmResult, n: Numbers) -> dict[str, str]:
             "revenue_lift_value": n.signed_money(arm.revenue_lift_cents.value) if arm.revenue_lift_cents else NONE,
             "revenue_lift_ci": n.money_interval(arm.revenue_lift_cents),
             "revenue": n.money(arm.revenue_cents), "per_member": n.money(arm.revenue_per_member_cents),
-            "revenue_lift": n.money_lift(arm.revenue_lift_cents),
-            "incremental": n.number(arm.incremental_conversions) if arm.treated else NONE,
             "incremental_revenue": n.signed_money(arm.incremental_revenue_cents) if arm.treated else NONE,
             "cost": n.money(_cost(arm)) if arm.treated else NONE, "roi": n.roi(arm.roi)}
 
@@ -207,8 +205,7 @@ def campaign_context(m: RunMeasurement, n: Numbers) -> dict[str, Any]:
     o = m.overall
     return {
         "m": m, "verdict": verdict(m, n), "worth": worth_it(o, n), "mixed": mixed_signals(m, n),
-        "headline": {"lift": n.lift(o.conversion_lift), "p": n.p(o.conversion_lift),
-                     "incremental": n.number(o.incremental_conversions, 0),
+        "headline": {"incremental": n.number(o.incremental_conversions, 0),
                      "incremental_revenue": n.signed_money(o.incremental_revenue_cents),
                      "revenue_lift": n.money_lift(o.revenue_lift_cents),
                      "cost": n.money(_cost(o)), "roi": n.roi(o.roi)},
