@@ -2,8 +2,8 @@
 
 Orchestration only: :func:`loyalty.clv.fit_lifetime` reads purchase summaries chunk by chunk in SQL,
 fits once in numpy and upserts ``member_lifetime`` in chunks, so the work is one task (splitting a
-single model fit across tasks would gain nothing). Campaign audiences with lifetime bounds and the
-recommender's optional features read the rows it writes, hence a schedule before the week's training.
+single model fit across tasks would gain nothing). Campaign audiences with lifetime bounds read the rows
+it writes (and the feature query with ``lifetime=True``), hence a schedule before the week's campaigns.
 With no purchase at all before ``as_of`` the flow skips, saying why, instead of failing.
 """
 
@@ -19,14 +19,13 @@ from prefect.cache_policies import NONE
 from sqlalchemy.engine import Engine
 
 from loyalty import clv, jobs
+from loyalty.clv_models import PARAM_NAMES
 from loyalty.db import fetch_rows
 from loyalty.models import TRANSACTIONS
 from loyalty.models_measurement import MEMBER_LIFETIME
 from loyalty.types import as_utc, utcnow
 
 ARTIFACT_KEY = "lifetime-fit"
-#: Model parameters shown in the artifact, in this order (BG/NBD, then Gamma-Gamma).
-PARAMS = ("r", "alpha", "a", "b", "p", "q", "v")
 
 
 def has_purchases(engine: Engine, as_of: datetime) -> bool:
@@ -80,7 +79,7 @@ def markdown(result: dict[str, Any], currency: str) -> str:
              f"{result['repeat_members']:,} with repeat purchase days; {result['seconds']:.1f} s. "
              f"12-month horizon, undiscounted.", "",
              "| parameter | value |", "|---|---|"]
-    lines += [f"| {name} | {params[name]:.4g} |" for name in PARAMS if name in params]
+    lines += [f"| {name} | {params[name]:.4g} |" for name in PARAM_NAMES if name in params]
     p, v = result["p_alive"], result["clv_cents"]
     lines += ["", "| quantile | P(alive) | CLV 12 months |", "|---|---|---|"]
     lines += [f"| {label} | {p[key]:.3f} | {_money(v[key], currency)} |"

@@ -49,7 +49,7 @@ MAINTENANCE_CRON = "0 2 * * *"  # expiry and tiers before anybody's morning
 ATTRIBUTION_CRON = "0 4 * * *"  # after maintenance: yesterday's purchases against past sends
 POINTS_EXPIRING_CRON = "0 10 * * *"  # a daytime send; quiet hours defer members still asleep
 TRAINING_CRON = "0 5 * * sun"  # weekly, on a full week of attributed outcomes
-#: Weekly, after maintenance and before training: audiences' lifetime bounds and the model's features read it.
+#: Weekly, after maintenance and before training: campaign audiences' lifetime bounds read what it writes.
 LIFETIME_CRON = "0 3 * * sun"
 #: member_local campaigns run once a day just after midnight UTC; each message carries its local send time.
 MEMBER_LOCAL_CRON = "5 0 * * *"

@@ -16,11 +16,11 @@ from rich.table import Table
 
 from loyalty.cli_support import app_context as _app
 from loyalty.cli_support import as_of_option, fail
+from loyalty.clv_models import PARAM_NAMES
 
 clv_app = typer.Typer(help="Member lifetime value (BG/NBD + Gamma-Gamma).", no_args_is_help=True)
 console = Console()
 
-_PARAMS = ("r", "alpha", "a", "b", "p", "q", "v")
 
 
 def _money(cents: float | None) -> str:
@@ -29,7 +29,7 @@ def _money(cents: float | None) -> str:
 
 def _params_table(params: dict[str, Any]) -> Table:
     table = Table("parameter", "value", title="parameters (time in days)")
-    for name in _PARAMS:
+    for name in PARAM_NAMES:
         if name in params:
             table.add_row(name, f"{params[name]:.4f}")
     return table
@@ -59,7 +59,7 @@ def fit_command(
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
     console.print(f"fit {result.fit_id} as of {result.as_of:%Y-%m-%d %H:%M} UTC: {result.members:,} members "
-                  f"({result.repeat_members:,} with repeat purchases), {result.rows_written:,} rows written, "
+                  f"({result.repeat_members:,} with repeat purchases), {result.members:,} rows written, "
                   f"{result.rows_deleted:,} stale rows removed, {result.seconds:.1f} s")
     console.print(_params_table(result.params))
     console.print(_bands_table(clv.value_bands(app_ctx.engine)))

@@ -55,7 +55,6 @@ class LifetimeFitResult:
     members: int
     repeat_members: int
     params: dict[str, Any]
-    rows_written: int
     rows_deleted: int
     seconds: float
 
@@ -198,7 +197,7 @@ def fit_lifetime(engine: Engine, *, as_of: datetime | None = None, chunk_size: i
         for start in range(0, len(rows), chunk_size):
             _upsert(connection, rows[start:start + chunk_size])
         deleted = connection.execute(sa.delete(MEMBER_LIFETIME).where(MEMBER_LIFETIME.c.fit_id != fit_id)).rowcount
-    return LifetimeFitResult(fit_id, as_of, len(rows), repeat, params, len(rows), int(deleted or 0),
+    return LifetimeFitResult(fit_id, as_of, len(rows), repeat, params, int(deleted or 0),
                              round(time.perf_counter() - started, 3))
 
 

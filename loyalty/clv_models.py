@@ -101,7 +101,7 @@ class BetaGeo:
     @property
     def params_(self) -> dict[str, float]:
         """Fitted parameters by name."""
-        return {"r": self.r_, "alpha": self.alpha_, "a": self.a_, "b": self.b_}
+        return dict(zip(self.names, (self.r_, self.alpha_, self.a_, self.b_), strict=True))
 
     @staticmethod
     def log_likelihood(params: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Array:
@@ -208,7 +208,7 @@ class GammaGamma:
     @property
     def params_(self) -> dict[str, float]:
         """Fitted parameters by name."""
-        return {"p": self.p_, "q": self.q_, "v": self.v_}
+        return dict(zip(self.names, (self.p_, self.q_, self.v_), strict=True))
 
     @staticmethod
     def log_likelihood(params: ArrayLike, x: ArrayLike, m: ArrayLike) -> Array:
@@ -256,6 +256,10 @@ class GammaGamma:
         x, m = _arrays(x, m)
         m = np.where(x > 0, m, 0.0)
         return np.asarray((self.v_ + m * x) * self.p_ / (self.p_ * x + self.q_ - 1), dtype=np.float64)
+
+
+#: Every parameter of the two models, in the order reports show them.
+PARAM_NAMES = (*BetaGeo.names, *GammaGamma.names)
 
 
 def clv(purchases: BetaGeo, spend: GammaGamma, horizon: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike,
