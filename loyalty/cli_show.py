@@ -76,7 +76,7 @@ def print_seed_report(console: Console, report: Any) -> None:
     """Print what the seeder created."""
     counts = [(name, f"{getattr(report, name):,}") for name in
               ("members", "transactions", "points_entries", "consents", "push_subscriptions", "assigned",
-               "holdout")]
+               "holdout", "survey_responses")]
     console.print(table(f"Seeded programme ({report.elapsed_s:.1f} s)", ["", "rows"], counts))
     console.print(table("Members by tier", ["tier", "members"],
                         [(tier, f"{n:,}") for tier, n in report.tier_counts.items()]))

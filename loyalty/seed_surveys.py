@@ -37,6 +37,7 @@ from loyalty.models import MEMBERS, TIER_CHANGES, TRANSACTIONS
 from loyalty.programme import Programme
 from loyalty.seed_io import US_PER_DAY, BulkWriter, to_us
 from loyalty.seed_population import stream
+from loyalty.types import NPS_SCORES, NpsCategory
 
 SURVEY_DAYS_BEFORE = 60
 ACTIVE_DAYS = 90
@@ -67,7 +68,7 @@ VERBATIMS = {
                      "Les points s'accumulent vite, très avantageux."),
     },
 }
-CATEGORIES = ("detractor", "passive", "promoter")
+CATEGORIES = (NpsCategory.DETRACTOR, NpsCategory.PASSIVE, NpsCategory.PROMOTER)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def draw_scores(rng: np.random.Generator, tier_position: np.ndarray, purchases: 
 
 def category_index(scores: np.ndarray) -> np.ndarray:
     """0 detractor (0-6), 1 passive (7-8), 2 promoter (9-10): indexes into :data:`CATEGORIES`."""
-    return np.searchsorted(np.array([7, 9]), scores, side="right")
+    starts = [NPS_SCORES[NpsCategory.PASSIVE][0], NPS_SCORES[NpsCategory.PROMOTER][0]]
+    return np.searchsorted(np.array(starts), scores, side="right")
 
 
 def draw_verbatims(rng: np.random.Generator, scores: np.ndarray, french: np.ndarray) -> list[str | None]:

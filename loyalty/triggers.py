@@ -96,7 +96,9 @@ def queue_messages(session: Session, programme: Programme, library: TemplateLibr
             settled.add(item.key)
             continue
         try:
-            rendered = library.render(template, recipient.channel, replace(context, **item.overrides))
+            # The message key too, so a survey_url() in a triggered template names this very invitation.
+            rendered = library.render(template, recipient.channel,
+                                      replace(context, message_key=item.key, **item.overrides))
         except TemplateError as exc:  # one broken template must not hold up everyone else's message
             report.errors[item.key] = f"{template} ({recipient.channel}): {exc}"
             continue
